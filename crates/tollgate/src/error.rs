@@ -1,0 +1,207 @@
+//! The one error type every tollgate layer returns for its own decisions.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::key::{KeyError, KeyId};
+
+/// A tollgate decision that stopped a request, or a failure of tollgate's own state.
+///
+/// Layers return it boxed (`tower::BoxError`), as tower middleware do; get it back with
+/// `err.downcast_ref::<tollgate::Error>()` and match on [`Error::kind`]. Every error
+/// says which key it is about (as a redacted [`KeyId`]) and, when it is known, when to
+/// come back ([`Error::retry_after`], [`Error::retry_at`]).
+///
+/// `Error` is `Clone` so that it can also travel as a response extension: a server
+/// layer that answers `429` itself puts the error in the response's extensions for
+/// anyone who wants the typed value.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    key: Option<KeyId>,
+    retry_at: Option<Instant>,
+    retry_after: Option<Duration>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+/// What kind of decision or failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request has no usable key; [`Error::source`] is the [`KeyError`].
+    Key,
+    /// Reject mode: the key already has its maximum of requests in flight.
+    ConcurrencyLimited,
+    /// Wait mode: the key's wait queue is full.
+    QueueFull,
+    /// Wait mode: the request would have waited longer than its `max_wait`.
+    WaitExceeded,
+    /// The store holds `max_keys` keys and none of them can be evicted.
+    TooManyKeys,
+    /// The store could not be reached or answered an error (a later Redis store).
+    StoreUnavailable,
+}
+
+impl ErrorKind {
+    /// The HTTP status a server answers with for this kind, by default.
+    ///
+    /// `429 Too Many Requests` for limits of the client's own key, `503 Service
+    /// Unavailable` for failures that are not the client's doing (key table full, store
+    /// down), `400 Bad Request` for a request without a usable key.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::Key => StatusCode::BAD_REQUEST,
+            ErrorKind::ConcurrencyLimited | ErrorKind::QueueFull | ErrorKind::WaitExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorKind::TooManyKeys | ErrorKind::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Key => "no usable key",
+            ErrorKind::ConcurrencyLimited => "per-key concurrency limit reached",
+            ErrorKind::QueueFull => "per-key wait queue full",
+            ErrorKind::WaitExceeded => "per-key wait would exceed max_wait",
+            ErrorKind::TooManyKeys => "limiter key table full",
+            ErrorKind::StoreUnavailable => "limit store unavailable",
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Error {
+            kind,
+            key: None,
+            retry_at: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn from_key_error(err: KeyError) -> Self {
+        Error::new(ErrorKind::Key).with_source(err)
+    }
+
+    pub(crate) fn with_key(mut self, key: KeyId) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets when to come back, as a delay from `now`.
+    pub(crate) fn with_retry_after(mut self, now: Instant, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self.retry_at = Some(now + after);
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The fingerprint of the key the decision was about, when a key was known.
+    pub fn key(&self) -> Option<KeyId> {
+        self.key
+    }
+
+    /// When the request may be tried again, if tollgate knows (a quota that frees at a
+    /// known time, a server's `Retry-After`). For concurrency rejections this is the
+    /// configured estimate.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// [`Error::retry_at`] as a delay from the moment of the decision.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The HTTP status a server answers with for this error by default; see
+    /// [`ErrorKind::status`].
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(key) = &self.key {
+            d.field("key", key);
+        }
+        if let Some(after) = &self.retry_after {
+            d.field("retry_after", after);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.describe())?;
+        if let Some(key) = &self.key {
+            write!(f, " for key {key}")?;
+        }
+        if let Some(after) = &self.retry_after {
+            write!(f, "; retry after {:.3}s", after.as_secs_f64())?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+
+    #[test]
+    fn display_names_the_fingerprint_never_the_key() {
+        let key = Key::from_static("alice@contoso.com");
+        let err = Error::new(ErrorKind::ConcurrencyLimited)
+            .with_key(key.id())
+            .with_retry_after(Instant::now(), Duration::from_millis(1500));
+        let text = err.to_string();
+        assert!(text.starts_with("per-key concurrency limit reached for key #"), "{text}");
+        assert!(text.ends_with("retry after 1.500s"), "{text}");
+        assert!(!format!("{err:?}").contains("alice"));
+    }
+
+    #[test]
+    fn key_errors_are_reachable_as_the_source() {
+        let err = Error::from_key_error(KeyError::missing("header `x-api-key`"));
+        assert_eq!(err.kind(), ErrorKind::Key);
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let source = err.source().unwrap().downcast_ref::<KeyError>().unwrap();
+        assert_eq!(source, &KeyError::missing("header `x-api-key`"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Runnable examples of tollgate; see the `[[example]]` targets.
