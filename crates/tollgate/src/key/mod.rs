@@ -121,15 +121,15 @@ where
 }
 
 /// Combinators for every extractor.
-pub trait KeyExtractorExt<R>: KeyExtractor<R> + Sized {
+///
+/// Implemented for every type (the request type is only known where the extractor is
+/// used), so importing it adds `.or(..)` to values that are not extractors, too.
+pub trait KeyExtractorExt: Sized {
     /// Uses `fallback` when this extractor finds no key (or an unusable one).
     ///
     /// The fallback is explicit on purpose: tollgate never invents a shared bucket for
     /// keyless requests by itself. If both fail, the error is `fallback`'s.
-    fn or<Y>(self, fallback: Y) -> Or<Self, Y>
-    where
-        Y: KeyExtractor<R>,
-    {
+    fn or<Y>(self, fallback: Y) -> Or<Self, Y> {
         Or {
             first: self,
             fallback,
@@ -137,7 +137,7 @@ pub trait KeyExtractorExt<R>: KeyExtractor<R> + Sized {
     }
 }
 
-impl<R, X: KeyExtractor<R>> KeyExtractorExt<R> for X {}
+impl<X> KeyExtractorExt for X {}
 
 /// An extractor with a fallback; see [`KeyExtractorExt::or`].
 #[derive(Clone, Debug)]
@@ -304,7 +304,7 @@ mod tests {
             none.extract(&req()).unwrap_err().kind(),
             KeyErrorKind::Missing
         );
-        let some = |r: &http::Request<()>| r.headers().get("x-tenant");
+        let some = |r: &http::Request<()>| r.headers().get("x-tenant").cloned();
         assert_eq!(some.extract(&req()).unwrap(), "t1");
         let res = |_: &http::Request<()>| Ok::<_, KeyError>(7u64);
         assert_eq!(res.extract(&req()).unwrap(), "7");

@@ -246,6 +246,13 @@ impl TryFrom<&http::HeaderValue> for Key {
     }
 }
 
+impl TryFrom<http::HeaderValue> for Key {
+    type Error = KeyError;
+    fn try_from(v: http::HeaderValue) -> Result<Self, KeyError> {
+        Key::new(v.as_bytes())
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key(")?;
@@ -311,7 +318,7 @@ mod tests {
 
     #[test]
     fn short_keys_are_inline_and_the_type_stays_small() {
-        assert_eq!(std::mem::size_of::<Key>(), 32);
+        assert_eq!(size_of::<Key>(), 32);
         let key = Key::new("0123456789abcdefghijklmnopqrst").unwrap();
         assert!(matches!(key.0, Repr::Inline { .. }));
         let key = Key::new("0123456789abcdefghijklmnopqrstu").unwrap();
