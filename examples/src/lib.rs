@@ -1,1 +1,1 @@
-//! Runnable examples of tollgate; see the `[[example]]` targets.
+//! Runnable examples of tollgate: see `examples/examples/`.

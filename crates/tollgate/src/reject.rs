@@ -23,6 +23,12 @@ use crate::{Error, ErrorKind};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Rejections become errors: [`BoxError`] holding a [`tollgate::Error`](Error).
+///
+/// A rustc limitation shared by every tower middleware whose error is `BoxError` (tower's
+/// own `Timeout` included): when the *inner* service's error is itself `BoxError`, a
+/// future of the stack passed to `tokio::spawn` may fail to compile with
+/// "implementation of `From` is not general enough". Inner services with a concrete
+/// error type (hyper-util's client, axum's `Infallible`) are not affected.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Throw;
 
@@ -30,50 +36,35 @@ pub struct Throw;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Respond;
 
-/// How rejections and inner errors leave a layer: [`Throw`] or [`Respond`].
-///
-/// Sealed: the two implementations are the whole design space, and the layers rely on
-/// knowing them.
-pub trait Output<E>: sealed::Sealed + Send + Sync + 'static {
-    /// The layer's error type.
-    type Error;
-
-    /// Converts the inner service's error.
-    fn inner_error(err: E) -> Self::Error;
-
-    /// Turns a rejection into the layer's output.
-    fn reject<B, G>(err: Error, status: StatusCode)
-    -> Result<Response<ResponseBody<B, G>>, Self::Error>;
+/// Why a layer's future failed before the output type is chosen: the inner service's
+/// error, or tollgate's own rejection.
+#[derive(Debug)]
+pub(crate) enum Failure<E> {
+    Inner(E),
+    Rejected(Error),
 }
 
-impl<E: Into<BoxError>> Output<E> for Throw {
-    type Error = BoxError;
-
-    fn inner_error(err: E) -> BoxError {
-        err.into()
-    }
-
-    fn reject<B, G>(err: Error, _: StatusCode) -> Result<Response<ResponseBody<B, G>>, BoxError> {
-        Err(Box::new(err))
+impl<E: Into<BoxError>> Failure<E> {
+    /// The [`Throw`] form.
+    pub(crate) fn throw(self) -> BoxError {
+        match self {
+            Failure::Inner(err) => err.into(),
+            Failure::Rejected(err) => Box::new(err),
+        }
     }
 }
 
-impl<E> Output<E> for Respond {
-    type Error = E;
-
-    fn inner_error(err: E) -> E {
-        err
+impl<E> Failure<E> {
+    /// The [`Respond`] form: rejections become responses.
+    pub(crate) fn respond<B, G>(
+        self,
+        status: StatusCode,
+    ) -> Result<Response<ResponseBody<B, G>>, E> {
+        match self {
+            Failure::Inner(err) => Err(err),
+            Failure::Rejected(err) => Ok(rejection_response(err, status)),
+        }
     }
-
-    fn reject<B, G>(err: Error, status: StatusCode) -> Result<Response<ResponseBody<B, G>>, E> {
-        Ok(rejection_response(err, status))
-    }
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Throw {}
-    impl Sealed for super::Respond {}
 }
 
 /// Writes the response for a rejection.

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::key::KeyId;
-use crate::reject::Output;
+use crate::reject::{BoxError, Failure, Respond, Throw};
 use crate::store::ConcurrencyStore;
 use crate::{Error, ErrorKind};
 
@@ -117,15 +117,17 @@ where
     }
 }
 
-impl<S, R, St, O, ResBody> Future for ResponseFuture<S, R, St, O>
+type Polled<ResBody, P, E> = Result<Response<ResponseBody<ResBody, P>>, Failure<E>>;
+
+impl<S, R, St, O, ResBody> ResponseFuture<S, R, St, O>
 where
     S: Service<R, Response = Response<ResBody>>,
     St: ConcurrencyStore,
-    O: Output<S::Error>,
 {
-    type Output = Result<Response<ResponseBody<ResBody, St::Permit>>, O::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_inner(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Polled<ResBody, St::Permit, S::Error>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -149,7 +151,7 @@ where
                     Poll::Ready(Err(err)) => {
                         let err = err.with_retry_after(Instant::now(), *retry_after);
                         this.state.set(State::Rejected { error: None });
-                        return Poll::Ready(O::reject(err, *this.status));
+                        return Poll::Ready(Err(Failure::Rejected(err)));
                     }
                     Poll::Pending => {
                         ready!(deadline.poll(cx));
@@ -159,7 +161,7 @@ where
                         tracing::debug!(target: "tollgate::concurrency", key = %key, decision = "wait_exceeded");
                         // Dropping the wait gives its place in the queue back.
                         this.state.set(State::Rejected { error: None });
-                        return Poll::Ready(O::reject(err, *this.status));
+                        return Poll::Ready(Err(Failure::Rejected(err)));
                     }
                 },
                 StateProj::Calling { future, permit } => {
@@ -171,17 +173,43 @@ where
                             let guard = if *this.release_on_body { permit } else { None };
                             Ok(response.map(|body| ResponseBody::new(body, guard)))
                         }
-                        Err(err) => Err(O::inner_error(err)),
+                        Err(err) => Err(Failure::Inner(err)),
                     });
                 }
                 StateProj::Rejected { error } => {
                     let error = error
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(O::reject(error, *this.status));
+                    return Poll::Ready(Err(Failure::Rejected(error)));
                 }
             }
         }
+    }
+}
+
+impl<S, R, St, ResBody> Future for ResponseFuture<S, R, St, Throw>
+where
+    S: Service<R, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    St: ConcurrencyStore,
+{
+    type Output = Result<Response<ResponseBody<ResBody, St::Permit>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_inner(cx).map_err(Failure::throw)
+    }
+}
+
+impl<S, R, St, ResBody> Future for ResponseFuture<S, R, St, Respond>
+where
+    S: Service<R, Response = Response<ResBody>>,
+    St: ConcurrencyStore,
+{
+    type Output = Result<Response<ResponseBody<ResBody, St::Permit>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let status = self.status;
+        self.poll_inner(cx).map(|result| result.or_else(|failure| failure.respond(status)))
     }
 }
 

@@ -55,6 +55,9 @@
 //! - **Reject** ([`reject`](ConcurrencyPerKeyLayer::reject), for servers): it fails at
 //!   once with [`ErrorKind::ConcurrencyLimited`].
 //!
+//! Waiting uses `tokio::time` for `max_wait`, so wait mode needs a Tokio runtime with
+//! its time driver enabled (`#[tokio::main]` and `#[tokio::test]` have it).
+//!
 //! Every rejection is a [`tollgate::Error`](crate::Error) naming the key's fingerprint
 //! and carrying a retry estimate ([`retry_after`](ConcurrencyPerKeyLayer::retry_after),
 //! 1 s by default). With [`Throw`](crate::reject::Throw) (default) it is the service's

@@ -13,7 +13,7 @@ use super::layer::Config;
 use super::{ConcurrencyPerKeyLayer, Release};
 use crate::body::ResponseBody;
 use crate::key::KeyExtractor;
-use crate::reject::{Output, Throw};
+use crate::reject::{BoxError, Respond, Throw};
 use crate::store::{Admission, ConcurrencyStore, MemoryStore};
 use crate::{Error, ErrorKind};
 
@@ -88,23 +88,54 @@ impl<S: fmt::Debug, X, St: fmt::Debug, O> fmt::Debug for ConcurrencyPerKey<S, X,
     }
 }
 
-impl<S, X, St, O, R, ResBody> Service<R> for ConcurrencyPerKey<S, X, St, O>
+impl<S, X, St, R, ResBody> Service<R> for ConcurrencyPerKey<S, X, St, Throw>
+where
+    S: Service<R, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<R>,
+    St: ConcurrencyStore,
+{
+    type Response = Response<ResponseBody<ResBody, St::Permit>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, R, St, Throw>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Per-key capacity cannot be reserved here: the key is only known in `call`.
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<S, X, St, R, ResBody> Service<R> for ConcurrencyPerKey<S, X, St, Respond>
 where
     S: Service<R, Response = Response<ResBody>> + Clone,
     X: KeyExtractor<R>,
     St: ConcurrencyStore,
-    O: Output<S::Error>,
 {
     type Response = Response<ResponseBody<ResBody, St::Permit>>;
-    type Error = O::Error;
-    type Future = ResponseFuture<S, R, St, O>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, R, St, Respond>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Per-key capacity cannot be reserved here: the key is only known in `call`.
-        self.inner.poll_ready(cx).map_err(O::inner_error)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<S, X, St, O> ConcurrencyPerKey<S, X, St, O> {
+    /// `call`, for either output.
+    fn start<R>(&mut self, request: R) -> ResponseFuture<S, R, St, O>
+    where
+        S: Service<R> + Clone,
+        X: KeyExtractor<R>,
+        St: ConcurrencyStore,
+    {
         let config = &*self.config;
         let release_on_body = config.release == Release::BodyEnd;
         let key = match config.extractor.extract(&request) {
