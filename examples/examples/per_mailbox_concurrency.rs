@@ -85,7 +85,9 @@ async fn main() -> Result<(), BoxError> {
         let client = client.clone();
         let uri = format!("http://{addr}/v1.0/users/{}/messages", MAILBOXES[i % 5]);
         calls.spawn(async move {
-            let response = client.oneshot(Request::get(uri).body(Empty::new())?).await?;
+            let response = client
+                .oneshot(Request::get(uri).body(Empty::new())?)
+                .await?;
             response.into_body().collect().await?;
             Ok::<_, BoxError>(())
         });

@@ -148,14 +148,12 @@ fn gated_route() -> (axum::routing::MethodRouter, Gate) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_axum_router_answers_429_with_retry_after_per_api_key() {
     let (route, mut gate) = gated_route();
-    let app = axum::Router::new()
-        .route("/work", route)
-        .layer(
-            ConcurrencyPerKeyLayer::new(1, Header::new("x-api-key"))
-                .reject()
-                .retry_after(Duration::from_millis(2500))
-                .respond(),
-        );
+    let app = axum::Router::new().route("/work", route).layer(
+        ConcurrencyPerKeyLayer::new(1, Header::new("x-api-key"))
+            .reject()
+            .retry_after(Duration::from_millis(2500))
+            .respond(),
+    );
     let addr = serve_axum(app).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let get = |key: &str| {
@@ -219,7 +217,13 @@ async fn axum_connect_info_keys_by_peer_ip_and_the_typed_error_is_available() {
         );
     let addr = serve_axum(app).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let get = || client.request(Request::get(format!("http://{addr}/")).body(Empty::new()).unwrap());
+    let get = || {
+        client.request(
+            Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+    };
 
     let first = tokio::spawn(get());
     gate.entered.recv().await.unwrap();

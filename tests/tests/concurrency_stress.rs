@@ -140,7 +140,10 @@ fn run(plans: Vec<Plan>, release: Release) -> Outcome {
         req.extensions().get::<KeyIndex>().map(|k| Key::from(k.0))
     })
     .limit_per_key(|key| {
-        let index: usize = std::str::from_utf8(key.as_bytes()).unwrap().parse().unwrap();
+        let index: usize = std::str::from_utf8(key.as_bytes())
+            .unwrap()
+            .parse()
+            .unwrap();
         limit_of(index)
     })
     .max_queue(100_000)
@@ -286,7 +289,11 @@ fn a_busy_run_reaches_every_limit_and_cancels_some_requests() {
     assert_eq!(c.violations.load(Ordering::SeqCst), 0);
     for key in 0..KEYS {
         assert_eq!(c.in_flight[key].load(Ordering::SeqCst), 0);
-        assert_eq!(c.peak[key].load(Ordering::SeqCst), limit_of(key), "key {key}");
+        assert_eq!(
+            c.peak[key].load(Ordering::SeqCst),
+            limit_of(key),
+            "key {key}"
+        );
     }
     assert!(outcome.cancelled > 0);
     assert!(outcome.store.is_empty());

@@ -59,9 +59,7 @@ impl ErrorKind {
             ErrorKind::ConcurrencyLimited | ErrorKind::QueueFull | ErrorKind::WaitExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ErrorKind::TooManyKeys | ErrorKind::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::TooManyKeys | ErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -191,7 +189,10 @@ mod tests {
             .with_key(key.id())
             .with_retry_after(Instant::now(), Duration::from_millis(1500));
         let text = err.to_string();
-        assert!(text.starts_with("per-key concurrency limit reached for key #"), "{text}");
+        assert!(
+            text.starts_with("per-key concurrency limit reached for key #"),
+            "{text}"
+        );
         assert!(text.ends_with("retry after 1.500s"), "{text}");
         assert!(!format!("{err:?}").contains("alice"));
     }

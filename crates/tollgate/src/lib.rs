@@ -10,3 +10,7 @@ pub mod store;
 
 pub use concurrency::{ConcurrencyPerKey, ConcurrencyPerKeyLayer};
 pub use error::{Error, ErrorKind};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -140,10 +140,8 @@ mod tests {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(res.headers().get(RETRY_AFTER).is_none());
 
-        let res: Response<ResponseBody<(), ()>> = rejection_response(
-            Error::new(ErrorKind::Key),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
+        let res: Response<ResponseBody<(), ()>> =
+            rejection_response(Error::new(ErrorKind::Key), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     }
 }

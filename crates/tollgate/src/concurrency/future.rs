@@ -61,6 +61,7 @@ pin_project! {
     }
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct WaitContext {
     pub(super) key: KeyId,
     pub(super) retry_after: Duration,
@@ -209,7 +210,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let status = self.status;
-        self.poll_inner(cx).map(|result| result.or_else(|failure| failure.respond(status)))
+        self.poll_inner(cx)
+            .map(|result| result.or_else(|failure| failure.respond(status)))
     }
 }
 

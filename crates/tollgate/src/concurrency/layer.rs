@@ -207,7 +207,8 @@ impl<S, X: Clone, St: Clone, O> Layer<S> for ConcurrencyPerKeyLayer<X, St, O> {
 
 impl<X, St: fmt::Debug, O> fmt::Debug for ConcurrencyPerKeyLayer<X, St, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.config.fmt_fields(f.debug_struct("ConcurrencyPerKeyLayer"))
+        self.config
+            .fmt_fields(f.debug_struct("ConcurrencyPerKeyLayer"))
     }
 }
 

@@ -54,13 +54,19 @@ async fn a_request_for_a_full_key_waits_until_the_first_body_is_dropped() {
     assert_pending!(first.poll());
     let (_, send) = handle.next_request().await.unwrap();
     assert_pending!(second.poll());
-    assert!(handle.poll_request().is_pending(), "second reached the inner service");
+    assert!(
+        handle.poll_request().is_pending(),
+        "second reached the inner service"
+    );
 
     send.send_response(Response::new("one".into()));
     let response = assert_ready_ok!(first.poll());
     assert!(response.body().holds_guard());
     assert_pending!(second.poll());
-    assert!(handle.poll_request().is_pending(), "slot freed before the body ended");
+    assert!(
+        handle.poll_request().is_pending(),
+        "slot freed before the body ended"
+    );
 
     drop(response);
     assert!(second.is_woken());
@@ -131,10 +137,22 @@ async fn dropping_a_response_future_frees_its_slot_or_its_place() {
     assert_pending!(waiting.poll());
     assert_pending!(last.poll());
     let _in_inner = handle.next_request().await.unwrap();
-    assert_eq!(store.concurrency_snapshot(&Key::from_static("a")).unwrap().waiting, 2);
+    assert_eq!(
+        store
+            .concurrency_snapshot(&Key::from_static("a"))
+            .unwrap()
+            .waiting,
+        2
+    );
 
     drop(waiting); // cancelled in the queue
-    assert_eq!(store.concurrency_snapshot(&Key::from_static("a")).unwrap().waiting, 1);
+    assert_eq!(
+        store
+            .concurrency_snapshot(&Key::from_static("a"))
+            .unwrap()
+            .waiting,
+        1
+    );
     drop(calling); // cancelled while the inner service works on it
     assert!(last.is_woken());
     assert_pending!(last.poll());
@@ -204,7 +222,13 @@ async fn max_wait_ends_the_wait_with_a_typed_error_naming_the_key() {
     let err = err.downcast_ref::<Error>().unwrap();
     assert_eq!(err.key(), Some(Key::from_static("a").id()));
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
-    assert_eq!(store.concurrency_snapshot(&Key::from_static("a")).unwrap().waiting, 0);
+    assert_eq!(
+        store
+            .concurrency_snapshot(&Key::from_static("a"))
+            .unwrap()
+            .waiting,
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +242,10 @@ async fn a_full_queue_fails_at_once() {
     let mut overflow = task::spawn(svc.call(req("a")));
     assert_pending!(first.poll());
     assert_pending!(queued.poll());
-    assert_eq!(kind(&assert_ready_err!(overflow.poll())), ErrorKind::QueueFull);
+    assert_eq!(
+        kind(&assert_ready_err!(overflow.poll())),
+        ErrorKind::QueueFull
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -52,8 +52,8 @@ mod repr;
 
 pub use header::Header;
 pub use host::Host;
-pub use path::PathSegment;
-pub use peer::{PeerAddr, PeerIp};
+pub use path::{PathSegment, PatternError};
+pub use peer::{PeerAddr, PeerIp, ProxyConfigError};
 pub use repr::{Key, KeyId};
 
 /// Reads the key a request is limited under.

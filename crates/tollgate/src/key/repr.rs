@@ -203,7 +203,9 @@ macro_rules! key_from_integer {
         }
     )*};
 }
-key_from_integer!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, usize, isize);
+key_from_integer!(
+    u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, usize, isize
+);
 
 impl From<IpAddr> for Key {
     fn from(ip: IpAddr) -> Self {
@@ -331,7 +333,10 @@ mod tests {
         assert_eq!(Key::new(&long).unwrap(), Key::new(long.as_bytes()).unwrap());
         assert_eq!(Key::from(42u64), Key::new("42").unwrap());
         assert_eq!(Key::from(-7i32), "-7");
-        assert_eq!(Key::from(u128::MAX).as_bytes(), u128::MAX.to_string().as_bytes());
+        assert_eq!(
+            Key::from(u128::MAX).as_bytes(),
+            u128::MAX.to_string().as_bytes()
+        );
     }
 
     #[test]
@@ -371,10 +376,10 @@ mod tests {
     #[test]
     fn fingerprints_are_stable_in_process_and_hide_the_key() {
         let key = Key::from_static("alice@contoso.com");
-        assert_eq!(key.id(), key.clone().id());
+        assert_eq!(key.id(), Key::from_static("alice@contoso.com").id());
         assert_ne!(key.id(), Key::from_static("bob@contoso.com").id());
         assert!(!key.id().to_string().contains("alice"));
         assert_eq!(format!("{key}"), "\"alice@contoso.com\"");
-        assert_eq!(format!("{}", Key::new([0u8, 255]).unwrap()), "0xff00".replace("ff00", "00ff"));
+        assert_eq!(format!("{}", Key::new([0u8, 255]).unwrap()), "0x00ff");
     }
 }

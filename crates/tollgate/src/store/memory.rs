@@ -368,7 +368,8 @@ impl Drop for MemoryAcquire {
             if let Some(state) = shard.get(self.hash, &self.key) {
                 if granted {
                     state.release(&mut wake);
-                } else if let Some(at) = state.waiters.iter().position(|w| Arc::ptr_eq(w, &waiter)) {
+                } else if let Some(at) = state.waiters.iter().position(|w| Arc::ptr_eq(w, &waiter))
+                {
                     state.waiters.remove(at);
                 }
             }
@@ -530,7 +531,10 @@ mod tests {
         let keys: Vec<Key> = (0..3u32).map(Key::from).collect();
         let p0 = ready(store.acquire(&keys[0], 1, QUEUE));
         let _p1 = ready(store.acquire(&keys[1], 2, QUEUE));
-        assert_eq!(rejected(store.acquire(&keys[2], 1, QUEUE)), ErrorKind::TooManyKeys);
+        assert_eq!(
+            rejected(store.acquire(&keys[2], 1, QUEUE)),
+            ErrorKind::TooManyKeys
+        );
         let _p1b = ready(store.acquire(&keys[1], 2, QUEUE));
         drop(p0); // key 0 becomes fresh and is evicted: room for key 2
         let _p2 = ready(store.acquire(&keys[2], 1, QUEUE));
