@@ -261,6 +261,7 @@ proptest! {
             prop_assert_eq!(c.in_flight[key].load(Ordering::SeqCst), 0, "key {} leaked", key);
             prop_assert!(c.peak[key].load(Ordering::SeqCst) <= limit_of(key));
         }
+        outcome.store.evict_idle();
         prop_assert!(outcome.store.is_empty(), "store kept {} keys", outcome.store.len());
         prop_assert_eq!(outcome.errors, 0, "a request failed (none should: no max_wait hit)");
         prop_assert!(c.calls.load(Ordering::SeqCst) <= total);
@@ -296,6 +297,7 @@ fn a_busy_run_reaches_every_limit_and_cancels_some_requests() {
         );
     }
     assert!(outcome.cancelled > 0);
+    outcome.store.evict_idle();
     assert!(outcome.store.is_empty());
 }
 
@@ -314,5 +316,6 @@ fn the_checker_catches_slots_released_before_the_body_ends() {
         .collect();
     let outcome = run(plans, Release::Head);
     assert!(outcome.counters.violations.load(Ordering::SeqCst) > 0);
+    outcome.store.evict_idle();
     assert!(outcome.store.is_empty());
 }

@@ -40,15 +40,10 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, R, F, P, A> {
+        // Boxed: the wait path is the slow path, and keeping its `Sleep`, service and
+        // request inline would make every future (and its moves) several times larger.
         Waiting {
-            #[pin]
-            acquire: A,
-            #[pin]
-            deadline: Sleep,
-            service: Option<S>,
-            request: Option<R>,
-            key: KeyId,
-            retry_after: Duration,
+            wait: Pin<Box<Waiting<S, R, A>>>,
         },
         Calling {
             #[pin]
@@ -58,6 +53,20 @@ pin_project! {
         Rejected {
             error: Option<Error>,
         },
+    }
+}
+
+pin_project! {
+    #[project = WaitingProj]
+    struct Waiting<S, R, A> {
+        #[pin]
+        acquire: A,
+        #[pin]
+        deadline: Sleep,
+        service: Option<S>,
+        request: Option<R>,
+        key: KeyId,
+        retry_after: Duration,
     }
 }
 
@@ -95,12 +104,14 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                acquire,
-                deadline: tokio::time::sleep_until(deadline),
-                service: Some(service),
-                request: Some(request),
-                key: cx.key,
-                retry_after: cx.retry_after,
+                wait: Box::pin(Waiting {
+                    acquire,
+                    deadline: tokio::time::sleep_until(deadline),
+                    service: Some(service),
+                    request: Some(request),
+                    key: cx.key,
+                    retry_after: cx.retry_after,
+                }),
             },
             status: cx.status,
             release_on_body: cx.release_on_body,
@@ -132,39 +143,42 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    acquire,
-                    deadline,
-                    service,
-                    request,
-                    key,
-                    retry_after,
-                } => match acquire.poll(cx) {
-                    Poll::Ready(Ok(permit)) => {
-                        let mut service = service.take().expect("service taken once");
-                        let request = request.take().expect("request taken once");
-                        let future = service.call(request);
-                        this.state.set(State::Calling {
-                            future,
-                            permit: Some(permit),
-                        });
+                StateProj::Waiting { wait } => {
+                    let WaitingProj {
+                        acquire,
+                        deadline,
+                        service,
+                        request,
+                        key,
+                        retry_after,
+                    } = wait.as_mut().project();
+                    match acquire.poll(cx) {
+                        Poll::Ready(Ok(permit)) => {
+                            let mut service = service.take().expect("service taken once");
+                            let request = request.take().expect("request taken once");
+                            let future = service.call(request);
+                            this.state.set(State::Calling {
+                                future,
+                                permit: Some(permit),
+                            });
+                        }
+                        Poll::Ready(Err(err)) => {
+                            let err = err.with_retry_after(Instant::now(), *retry_after);
+                            this.state.set(State::Rejected { error: None });
+                            return Poll::Ready(Err(Failure::Rejected(err)));
+                        }
+                        Poll::Pending => {
+                            ready!(deadline.poll(cx));
+                            let err = Error::new(ErrorKind::WaitExceeded)
+                                .with_key(*key)
+                                .with_retry_after(Instant::now(), *retry_after);
+                            tracing::debug!(target: "tollgate::concurrency", key = %key, decision = "wait_exceeded");
+                            // Dropping the wait gives its place in the queue back.
+                            this.state.set(State::Rejected { error: None });
+                            return Poll::Ready(Err(Failure::Rejected(err)));
+                        }
                     }
-                    Poll::Ready(Err(err)) => {
-                        let err = err.with_retry_after(Instant::now(), *retry_after);
-                        this.state.set(State::Rejected { error: None });
-                        return Poll::Ready(Err(Failure::Rejected(err)));
-                    }
-                    Poll::Pending => {
-                        ready!(deadline.poll(cx));
-                        let err = Error::new(ErrorKind::WaitExceeded)
-                            .with_key(*key)
-                            .with_retry_after(Instant::now(), *retry_after);
-                        tracing::debug!(target: "tollgate::concurrency", key = %key, decision = "wait_exceeded");
-                        // Dropping the wait gives its place in the queue back.
-                        this.state.set(State::Rejected { error: None });
-                        return Poll::Ready(Err(Failure::Rejected(err)));
-                    }
-                },
+                }
                 StateProj::Calling { future, permit } => {
                     let result = ready!(future.poll(cx));
                     // Released here on error, or at the head, unless the body keeps it.

@@ -77,6 +77,7 @@ async fn a_request_for_a_full_key_waits_until_the_first_body_is_dropped() {
     let body = assert_ready_ok!(second.poll()).into_body();
     assert_eq!(body.collect().await.unwrap().to_bytes(), "two");
     assert_eq!(in_flight(&store, "a"), 0);
+    store.evict_idle();
     assert!(store.is_empty());
 }
 
@@ -159,6 +160,7 @@ async fn dropping_a_response_future_frees_its_slot_or_its_place() {
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(Response::new(String::new()));
     drop(assert_ready_ok!(last.poll()));
+    store.evict_idle();
     assert!(store.is_empty());
 }
 
@@ -176,6 +178,7 @@ async fn an_inner_error_frees_the_slot_and_is_passed_through() {
     let err = assert_ready_err!(f.poll());
     assert!(err.downcast_ref::<Error>().is_none());
     assert_eq!(err.to_string(), "connection reset");
+    store.evict_idle();
     assert!(store.is_empty());
 }
 
@@ -198,6 +201,7 @@ async fn dropping_the_service_leaves_its_futures_working() {
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(Response::new(String::new()));
     drop(assert_ready_ok!(second.poll()));
+    store.evict_idle();
     assert!(store.is_empty());
 }
 
@@ -307,6 +311,7 @@ async fn release_on_head_frees_the_slot_when_the_response_arrives() {
     send.send_response(Response::new("body".into()));
     let response = assert_ready_ok!(f.poll());
     assert!(!response.body().holds_guard());
+    store.evict_idle();
     assert!(store.is_empty());
 }
 

@@ -4,39 +4,46 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use super::table::{Fresh, Full, ShardGuard, Table};
+use super::table::{Fresh, Full, Table};
 use super::{Admission, ConcurrencyStore, WaitPolicy};
-use crate::key::Key;
+use crate::key::{Key, KeyId};
 use crate::{Error, ErrorKind};
 
 /// Limit state kept in this process's memory: the default store.
 ///
 /// - **Sharing.** Cloning is cheap (one `Arc`) and clones share all state.
-/// - **Concurrency.** The key table is split into shards (four per available CPU,
-///   rounded up to a power of two) behind plain mutexes; a request hashes its key once,
-///   locks one shard for a few hash-table operations, and never waits for another key's
+/// - **Concurrency.** Keys live in a table split into shards (four per available CPU,
+///   rounded up to a power of two) behind plain mutexes. Admitting a request locks one
+///   shard just long enough to find the key's slot, then takes a place with one
+///   compare-and-swap on the key's own atomic counter; releasing is one atomic
+///   decrement on that counter and never touches the table. A key's wait queue has its
+///   own lock, taken only when someone waits. One key never waits for another key's
 ///   requests.
-/// - **No allocation on the hot path.** Admitting a request whose key fits inline (30
-///   bytes, see [`Key`]) allocates nothing unless the shard's table must grow; waiting
-///   in a queue allocates one small waiter record.
-/// - **Eviction.** A key's entry is removed as soon as its state is indistinguishable
-///   from a fresh one (no request in flight, nobody waiting), during normal operation:
-///   there is no background task to schedule. An idle key therefore costs no memory.
+/// - **No allocation on the hot path.** Admitting a request for a key already held
+///   allocates nothing; a new key allocates its slot once, and waiting in a queue
+///   allocates one small waiter record.
+/// - **Eviction.** A key whose state is indistinguishable from fresh (nothing in
+///   flight, nobody waiting, no permit or waiter referring to it) is removed by an
+///   amortised sweep of its shard, run by inserts when the shard has doubled since the
+///   last sweep: a shard holds at most about twice its live keys plus 64 idle ones, and
+///   there is no background task to schedule. [`MemoryStore::evict_idle`] sweeps every
+///   shard at once.
 /// - **`max_keys`** (default 1,000,000) bounds the number of keys held at once, against
-///   key-cardinality attacks. When it is reached and no entry is fresh, a request for a
-///   new key is refused with [`ErrorKind::TooManyKeys`] (on a server, `503`); keys
-///   already held keep working. Refusing is the one choice that never breaks a limit:
-///   evicting a live key would forget its in-flight requests.
+///   key-cardinality attacks. When it is reached, every shard is swept; if that frees
+///   nothing, a request for a new key is refused with [`ErrorKind::TooManyKeys`] (on a
+///   server, `503`) while keys already held keep working. Refusing is the one choice
+///   that never breaks a limit: evicting a live key would forget its requests.
 #[derive(Clone)]
 pub struct MemoryStore {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    concurrency: Table<ConcState>,
+    concurrency: Table<Arc<ConcSlot>>,
 }
 
 impl MemoryStore {
@@ -57,7 +64,7 @@ impl MemoryStore {
         }
     }
 
-    /// The number of keys whose state is held now.
+    /// The number of keys whose state is held now, idle ones not yet swept included.
     pub fn len(&self) -> usize {
         self.shared.concurrency.len()
     }
@@ -67,21 +74,45 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// The concurrency state of `key` now, or `None` when it is fresh (not held).
+    /// Removes the state of every key that is indistinguishable from fresh, now.
+    ///
+    /// Never needed for correctness or to bound memory (sweeps also run by themselves);
+    /// useful to operators and tests that want [`len`](Self::len) to count live keys.
+    pub fn evict_idle(&self) {
+        self.shared.concurrency.sweep_all(0);
+    }
+
+    /// The concurrency state of `key` now, or `None` when the store holds none.
     pub fn concurrency_snapshot(&self, key: &Key) -> Option<ConcurrencySnapshot> {
         let table = &self.shared.concurrency;
         let hash = table.hash(key);
-        let mut shard = table.lock(hash);
-        shard.get(hash, key).map(|state| ConcurrencySnapshot {
-            in_flight: state.in_flight,
-            waiting: state.waiters.len(),
-            limit: state.limit,
+        let slot = Arc::clone(table.lock(hash).get(hash, key)?);
+        let (in_flight, _) = split(slot.word.load(Ordering::Acquire));
+        Some(ConcurrencySnapshot {
+            in_flight,
+            waiting: slot.lock_queue().len(),
+            limit: slot.limit.load(Ordering::Relaxed),
         })
     }
 
     /// Whether `self` and `other` are clones of one store (share state).
     pub fn same_store(&self, other: &MemoryStore) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The key's slot, inserted if absent; sweeps all shards once if the table is full.
+    fn slot(&self, key: &Key) -> Result<Arc<ConcSlot>, Error> {
+        let table = &self.shared.concurrency;
+        let hash = table.hash(key);
+        let make = || Arc::new(ConcSlot::default());
+        if let Ok(slot) = table.lock(hash).get_or_insert(hash, key, 0, make) {
+            return Ok(Arc::clone(slot));
+        }
+        table.sweep_all(0);
+        match table.lock(hash).get_or_insert(hash, key, 0, make) {
+            Ok(slot) => Ok(Arc::clone(slot)),
+            Err(Full) => Err(Error::new(ErrorKind::TooManyKeys).with_key(key.id())),
+        }
     }
 }
 
@@ -111,36 +142,110 @@ pub struct ConcurrencySnapshot {
     pub limit: u32,
 }
 
-struct ConcState {
-    in_flight: u32,
-    limit: u32,
-    waiters: VecDeque<Arc<Waiter>>,
+/// One key's slots.
+///
+/// `word` packs the requests in flight (low 32 bits) and the waiters (high 32 bits), so
+/// one compare-and-swap can check both: a request may take a slot without the queue
+/// lock only when nobody waits, which keeps admission strictly first come, first
+/// served. The waiter count changes only with the queue locked.
+#[derive(Default)]
+struct ConcSlot {
+    word: AtomicU64,
+    limit: AtomicU32,
+    queue: Mutex<VecDeque<Arc<Waiter>>>,
 }
 
-impl Fresh for ConcState {
-    fn is_fresh(&self) -> bool {
-        self.in_flight == 0 && self.waiters.is_empty()
+const ONE_WAITER: u64 = 1 << 32;
+
+fn split(word: u64) -> (u32, u32) {
+    (word as u32, (word >> 32) as u32)
+}
+
+impl Fresh for Arc<ConcSlot> {
+    fn is_fresh(&self, _now: u64) -> bool {
+        // Callers hold the shard lock, and new references are only made under it: a
+        // count of one means no permit, waiter or admission in progress refers to it.
+        Arc::strong_count(self) == 1 && self.word.load(Ordering::Acquire) == 0
     }
 }
 
-impl ConcState {
-    /// Hands free slots to waiters, first come first served. Returns the wakers to wake
-    /// once the shard lock is released.
-    fn grant_waiters(&mut self, wake: &mut Wakers) {
-        while self.in_flight < self.limit {
-            let Some(waiter) = self.waiters.pop_front() else {
-                break;
-            };
-            self.in_flight += 1;
-            wake.push(waiter.grant());
+impl ConcSlot {
+    fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Arc<Waiter>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a slot if nobody waits and one is free.
+    fn try_take(&self, limit: u32) -> bool {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let (in_flight, waiters) = split(word);
+            if waiters > 0 || in_flight >= limit {
+                return false;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
         }
     }
 
-    /// Frees one slot: passes it to the first waiter if the limit allows.
-    fn release(&mut self, wake: &mut Wakers) {
-        debug_assert!(self.in_flight > 0, "released more slots than granted");
-        self.in_flight -= 1;
-        self.grant_waiters(wake);
+    /// Hands free slots to waiters, in order. The queue must be locked.
+    fn grant_locked(&self, queue: &mut VecDeque<Arc<Waiter>>, wake: &mut Wakers) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        while !queue.is_empty() {
+            let word = self.word.load(Ordering::Acquire);
+            if split(word).0 >= limit {
+                break;
+            }
+            // One more in flight, one fewer waiting. Only releases race with this, and
+            // they only lower the in-flight count.
+            if self
+                .word
+                .compare_exchange(
+                    word,
+                    word + 1 - ONE_WAITER,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                let waiter = queue.pop_front().expect("queue is not empty");
+                wake.push(waiter.grant());
+            }
+        }
+    }
+
+    /// Frees one slot, handing it to the first waiter if there is one.
+    fn release(&self) {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let (in_flight, waiters) = split(word);
+            debug_assert!(in_flight > 0, "released more slots than granted");
+            if waiters > 0 {
+                break;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+        let mut wake = Wakers::default();
+        {
+            let mut queue = self.lock_queue();
+            self.word.fetch_sub(1, Ordering::AcqRel);
+            self.grant_locked(&mut queue, &mut wake);
+        }
+        wake.wake();
     }
 }
 
@@ -177,31 +282,17 @@ enum WaiterState {
 }
 
 impl Waiter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, WaiterState> {
+    fn lock(&self) -> MutexGuard<'_, WaiterState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks the waiter as owning a slot; called with the shard locked.
+    /// Marks the waiter as owning a slot; called with the queue locked.
     fn grant(&self) -> Option<Waker> {
         match std::mem::replace(&mut *self.lock(), WaiterState::Granted) {
             WaiterState::Waiting(waker) => waker,
             WaiterState::Granted => None,
         }
     }
-}
-
-fn release_slot(shared: &Shared, hash: u64, key: &Key) {
-    let table = &shared.concurrency;
-    let mut wake = Wakers::default();
-    {
-        let mut shard = table.lock(hash);
-        match shard.get(hash, key) {
-            Some(state) => state.release(&mut wake),
-            None => debug_assert!(false, "permit for a key with no state"),
-        }
-        shard.remove_if_fresh(hash, key);
-    }
-    wake.wake();
 }
 
 impl ConcurrencyStore for MemoryStore {
@@ -219,98 +310,66 @@ impl ConcurrencyStore for MemoryStore {
                 Error::new(ErrorKind::ConcurrencyLimited).with_key(key.id()),
             );
         }
-        let table = &self.shared.concurrency;
-        let hash = table.hash(key);
-        let mut shard = table.lock(hash);
+        let slot = match self.slot(key) {
+            Ok(slot) => slot,
+            Err(err) => return Admission::Rejected(err),
+        };
+        if slot.limit.swap(limit, Ordering::Relaxed) < limit {
+            // A raised limit may let waiters in, before this request.
+            let mut wake = Wakers::default();
+            slot.grant_locked(&mut slot.lock_queue(), &mut wake);
+            wake.wake();
+        }
+        if slot.try_take(limit) {
+            return Admission::Ready(MemoryPermit { slot });
+        }
+        let max_queue = match policy {
+            WaitPolicy::Reject => {
+                return Admission::Rejected(
+                    Error::new(ErrorKind::ConcurrencyLimited).with_key(key.id()),
+                );
+            }
+            WaitPolicy::Queue { max_queue } => max_queue,
+        };
         let mut wake = Wakers::default();
-        let admission = match self.acquire_locked(&mut shard, hash, key, limit, policy, &mut wake) {
-            Ok(admission) => admission,
-            Err(Full) => {
-                drop(shard);
-                table.sweep_all();
-                shard = table.lock(hash);
-                match self.acquire_locked(&mut shard, hash, key, limit, policy, &mut wake) {
-                    Ok(admission) => admission,
-                    Err(Full) => {
-                        Admission::Rejected(Error::new(ErrorKind::TooManyKeys).with_key(key.id()))
-                    }
-                }
+        let admission = {
+            let mut queue = slot.lock_queue();
+            if queue.len() >= max_queue {
+                Admission::Rejected(Error::new(ErrorKind::QueueFull).with_key(key.id()))
+            } else {
+                let waiter = Arc::new(Waiter {
+                    state: Mutex::new(WaiterState::Waiting(None)),
+                });
+                queue.push_back(Arc::clone(&waiter));
+                slot.word.fetch_add(ONE_WAITER, Ordering::AcqRel);
+                // A slot freed since `try_take` goes to the queue's head, maybe us.
+                slot.grant_locked(&mut queue, &mut wake);
+                Admission::Wait(MemoryAcquire {
+                    slot: Some(Arc::clone(&slot)),
+                    waiter,
+                    key: key.id(),
+                })
             }
         };
-        drop(shard);
         wake.wake();
         admission
     }
 }
 
-impl MemoryStore {
-    fn acquire_locked(
-        &self,
-        shard: &mut ShardGuard<'_, ConcState>,
-        hash: u64,
-        key: &Key,
-        limit: u32,
-        policy: WaitPolicy,
-        wake: &mut Wakers,
-    ) -> Result<Admission<MemoryPermit, MemoryAcquire>, Full> {
-        let state = shard.get_or_insert(hash, key, || ConcState {
-            in_flight: 0,
-            limit,
-            waiters: VecDeque::new(),
-        })?;
-        if state.limit != limit {
-            state.limit = limit;
-            // A raised limit may let waiters in before this request.
-            state.grant_waiters(wake);
-        }
-        if state.waiters.is_empty() && state.in_flight < state.limit {
-            state.in_flight += 1;
-            return Ok(Admission::Ready(MemoryPermit {
-                shared: Arc::clone(&self.shared),
-                key: key.clone(),
-                hash,
-            }));
-        }
-        let rejected = match policy {
-            WaitPolicy::Reject => ErrorKind::ConcurrencyLimited,
-            WaitPolicy::Queue { max_queue } if state.waiters.len() >= max_queue => {
-                ErrorKind::QueueFull
-            }
-            WaitPolicy::Queue { .. } => {
-                let waiter = Arc::new(Waiter {
-                    state: Mutex::new(WaiterState::Waiting(None)),
-                });
-                state.waiters.push_back(Arc::clone(&waiter));
-                return Ok(Admission::Wait(MemoryAcquire {
-                    shared: Arc::clone(&self.shared),
-                    key: key.clone(),
-                    hash,
-                    waiter: Some(waiter),
-                }));
-            }
-        };
-        Ok(Admission::Rejected(Error::new(rejected).with_key(key.id())))
-    }
-}
-
 /// A slot of a key in a [`MemoryStore`]; dropping it frees the slot.
 pub struct MemoryPermit {
-    shared: Arc<Shared>,
-    key: Key,
-    hash: u64,
+    slot: Arc<ConcSlot>,
 }
 
 impl Drop for MemoryPermit {
     fn drop(&mut self) {
-        release_slot(&self.shared, self.hash, &self.key);
+        self.slot.release();
     }
 }
 
 impl fmt::Debug for MemoryPermit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryPermit")
-            .field("key", &self.key.id())
-            .finish()
+        f.debug_struct("MemoryPermit").finish_non_exhaustive()
     }
 }
 
@@ -318,72 +377,61 @@ impl fmt::Debug for MemoryPermit {
 /// is handed over; dropping it leaves the queue (or passes on a slot handed over but
 /// not yet collected).
 pub struct MemoryAcquire {
-    shared: Arc<Shared>,
-    key: Key,
-    hash: u64,
     /// `None` once the permit has been handed out.
-    waiter: Option<Arc<Waiter>>,
+    slot: Option<Arc<ConcSlot>>,
+    waiter: Arc<Waiter>,
+    key: KeyId,
 }
 
 impl Future for MemoryAcquire {
     type Output = Result<MemoryPermit, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(waiter) = &self.waiter else {
-            panic!("MemoryAcquire polled after completion");
-        };
+        assert!(self.slot.is_some(), "MemoryAcquire polled after completion");
         {
-            let mut state = waiter.lock();
-            match &mut *state {
-                WaiterState::Granted => {}
-                WaiterState::Waiting(waker) => {
-                    match waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => *waker = Some(cx.waker().clone()),
-                    }
-                    return Poll::Pending;
+            let mut state = self.waiter.lock();
+            if let WaiterState::Waiting(waker) = &mut *state {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
                 }
+                return Poll::Pending;
             }
         }
-        self.waiter = None;
-        Poll::Ready(Ok(MemoryPermit {
-            shared: Arc::clone(&self.shared),
-            key: self.key.clone(),
-            hash: self.hash,
-        }))
+        let slot = self.slot.take().expect("checked above");
+        Poll::Ready(Ok(MemoryPermit { slot }))
     }
 }
 
 impl Drop for MemoryAcquire {
     fn drop(&mut self) {
-        let Some(waiter) = self.waiter.take() else {
+        let Some(slot) = self.slot.take() else {
             return;
         };
-        let table = &self.shared.concurrency;
-        let mut wake = Wakers::default();
-        {
-            let mut shard = table.lock(self.hash);
-            // Grants happen under the shard lock, so this read cannot race one.
-            let granted = matches!(*waiter.lock(), WaiterState::Granted);
-            if let Some(state) = shard.get(self.hash, &self.key) {
-                if granted {
-                    state.release(&mut wake);
-                } else if let Some(at) = state.waiters.iter().position(|w| Arc::ptr_eq(w, &waiter))
-                {
-                    state.waiters.remove(at);
+        let granted = {
+            let mut queue = slot.lock_queue();
+            // Grants happen with the queue locked, so this read cannot race one.
+            let granted = matches!(*self.waiter.lock(), WaiterState::Granted);
+            if !granted {
+                if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, &self.waiter)) {
+                    queue.remove(at);
+                    slot.word.fetch_sub(ONE_WAITER, Ordering::AcqRel);
                 }
             }
-            shard.remove_if_fresh(self.hash, &self.key);
+            granted
+        };
+        if granted {
+            // The slot was handed over but never collected: pass it on.
+            slot.release();
         }
-        wake.wake();
     }
 }
 
 impl fmt::Debug for MemoryAcquire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryAcquire")
-            .field("key", &self.key.id())
-            .field("done", &self.waiter.is_none())
+            .field("key", &self.key)
+            .field("done", &self.slot.is_none())
             .finish()
     }
 }
@@ -432,14 +480,17 @@ mod tests {
     }
 
     #[test]
-    fn idle_keys_are_evicted_at_once() {
+    fn idle_keys_are_evicted_by_a_sweep_and_busy_ones_are_not() {
         let store = MemoryStore::new();
         let a = Key::from_static("a");
         let p = ready(store.acquire(&a, 1, WaitPolicy::Reject));
+        store.evict_idle();
         assert_eq!(store.len(), 1);
         let snap = store.concurrency_snapshot(&a).unwrap();
         assert_eq!((snap.in_flight, snap.waiting, snap.limit), (1, 0, 1));
         drop(p);
+        assert_eq!(store.concurrency_snapshot(&a).unwrap().in_flight, 0);
+        store.evict_idle();
         assert_eq!(store.len(), 0);
         assert!(store.concurrency_snapshot(&a).is_none());
     }
@@ -466,6 +517,7 @@ mod tests {
         );
         let p2 = assert_ready_ok!(w2.poll());
         drop(p2);
+        store.evict_idle();
         assert!(store.is_empty());
     }
 
@@ -487,6 +539,7 @@ mod tests {
         let p3 = assert_ready_ok!(w3.poll());
         assert_eq!(store.concurrency_snapshot(&a).unwrap().in_flight, 1);
         drop(p3);
+        store.evict_idle();
         assert!(store.is_empty());
     }
 
@@ -508,6 +561,7 @@ mod tests {
             rejected(store.acquire(&a, 0, QUEUE)),
             ErrorKind::ConcurrencyLimited
         );
+        store.evict_idle();
         assert!(store.is_empty());
     }
 

@@ -4,6 +4,13 @@
 //! the shard and to probe the shard's table (`hashbrown::HashTable`), and sweeps of
 //! evictable entries run per shard, amortised over inserts. dashmap hashes twice and has
 //! no per-shard retain without its unstable raw API.
+//!
+//! Eviction is amortised: when a shard's table reaches `sweep_at` entries, an insert
+//! first removes every fresh entry of that shard, then sets `sweep_at` to twice the
+//! entries left (at least 64). So a shard holds at most about twice its live keys plus
+//! 64 idle ones, each sweep costs O(entries) once per doubling, and no background task
+//! is needed. When `max_keys` is reached, every shard is swept before a new key is
+//! refused.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +23,9 @@ use crate::key::Key;
 
 /// State that can tell when it is indistinguishable from a key never seen before.
 pub(crate) trait Fresh {
-    /// True when dropping this entry changes no future decision.
-    fn is_fresh(&self) -> bool;
+    /// True when dropping this entry at `now` (the store's clock, in nanoseconds)
+    /// changes no future decision.
+    fn is_fresh(&self, now: u64) -> bool;
 }
 
 pub(crate) struct Slot<V> {
@@ -87,10 +95,10 @@ impl<V: Fresh> Table<V> {
     }
 
     /// Removes every fresh entry of every shard.
-    pub(crate) fn sweep_all(&self) {
+    pub(crate) fn sweep_all(&self, now: u64) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            sweep(&mut shard, &self.keys);
+            sweep(&mut shard, &self.keys, now);
         }
     }
 
@@ -103,9 +111,9 @@ impl<V: Fresh> Table<V> {
     }
 }
 
-fn sweep<V: Fresh>(shard: &mut Shard<V>, keys: &AtomicUsize) {
+fn sweep<V: Fresh>(shard: &mut Shard<V>, keys: &AtomicUsize, now: u64) {
     let before = shard.map.len();
-    shard.map.retain(|slot| !slot.value.is_fresh());
+    shard.map.retain(|slot| !slot.value.is_fresh(now));
     keys.fetch_sub(before - shard.map.len(), Ordering::Relaxed);
     shard.sweep_at = (shard.map.len() * 2).max(MIN_SWEEP);
 }
@@ -130,11 +138,12 @@ impl<V: Fresh> ShardGuard<'_, V> {
         &mut self,
         hash: u64,
         key: &Key,
+        now: u64,
         make: impl FnOnce() -> V,
     ) -> Result<&mut V, Full> {
         let shard = &mut *self.shard;
         if shard.map.len() >= shard.sweep_at {
-            sweep(shard, &self.table.keys);
+            sweep(shard, &self.table.keys, now);
         }
         match shard
             .map
@@ -151,16 +160,6 @@ impl<V: Fresh> ShardGuard<'_, V> {
                     value: make(),
                 };
                 Ok(&mut entry.insert(slot).into_mut().value)
-            }
-        }
-    }
-
-    /// Removes `key`'s entry if it is fresh.
-    pub(crate) fn remove_if_fresh(&mut self, hash: u64, key: &Key) {
-        if let Ok(entry) = self.shard.map.find_entry(hash, |slot| slot.key == *key) {
-            if entry.get().value.is_fresh() {
-                entry.remove();
-                self.table.keys.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
