@@ -26,6 +26,7 @@ pub struct Error {
     key: Option<KeyId>,
     retry_at: Option<Instant>,
     retry_after: Option<Duration>,
+    quota: Option<u8>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
@@ -45,6 +46,15 @@ pub enum ErrorKind {
     TooManyKeys,
     /// The store could not be reached or answered an error (a later Redis store).
     StoreUnavailable,
+    /// Reject mode: a quota window of the key is used up; [`Error::retry_after`] is the
+    /// exact time until the request would be admitted, and [`Error::quota_index`] says
+    /// which of the key's quotas refused.
+    QuotaExceeded,
+    /// The key (or the whole layer) is cooling down after a server's throttle signal;
+    /// [`Error::retry_at`] is when the cooldown ends.
+    Throttled,
+    /// The request costs more than a quota's capacity: no wait would ever admit it.
+    CostTooHigh,
 }
 
 impl ErrorKind {
@@ -52,13 +62,17 @@ impl ErrorKind {
     ///
     /// `429 Too Many Requests` for limits of the client's own key, `503 Service
     /// Unavailable` for failures that are not the client's doing (key table full, store
-    /// down), `400 Bad Request` for a request without a usable key.
+    /// down), `400 Bad Request` for a request without a usable key, `413 Content Too
+    /// Large` for a request whose cost no quota can ever admit.
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::Key => StatusCode::BAD_REQUEST,
-            ErrorKind::ConcurrencyLimited | ErrorKind::QueueFull | ErrorKind::WaitExceeded => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ErrorKind::ConcurrencyLimited
+            | ErrorKind::QueueFull
+            | ErrorKind::WaitExceeded
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::CostTooHigh => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooManyKeys | ErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -71,6 +85,9 @@ impl ErrorKind {
             ErrorKind::WaitExceeded => "per-key wait would exceed max_wait",
             ErrorKind::TooManyKeys => "limiter key table full",
             ErrorKind::StoreUnavailable => "limit store unavailable",
+            ErrorKind::QuotaExceeded => "per-key quota exceeded",
+            ErrorKind::Throttled => "key cooling down after a throttle signal",
+            ErrorKind::CostTooHigh => "request cost exceeds the quota's capacity",
         }
     }
 }
@@ -82,6 +99,7 @@ impl Error {
             key: None,
             retry_at: None,
             retry_after: None,
+            quota: None,
             source: None,
         }
     }
@@ -99,6 +117,11 @@ impl Error {
     pub(crate) fn with_retry_after(mut self, now: Instant, after: Duration) -> Self {
         self.retry_after = Some(after);
         self.retry_at = Some(now + after);
+        self
+    }
+
+    pub(crate) fn with_quota_index(mut self, index: usize) -> Self {
+        self.quota = u8::try_from(index).ok();
         self
     }
 
@@ -127,6 +150,12 @@ impl Error {
     /// [`Error::retry_at`] as a delay from the moment of the decision.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// For [`ErrorKind::QuotaExceeded`] and [`ErrorKind::CostTooHigh`]: the position of
+    /// the refusing quota in the key's quota set.
+    pub fn quota_index(&self) -> Option<usize> {
+        self.quota.map(usize::from)
     }
 
     /// The HTTP status a server answers with for this error by default; see

@@ -5,6 +5,7 @@ pub mod body;
 pub mod concurrency;
 mod error;
 pub mod key;
+pub mod quota;
 pub mod reject;
 pub mod store;
 

@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::memory_quota::QuotaEntry;
 use super::table::{Fresh, Full, Table};
 use super::{Admission, ConcurrencyStore, WaitPolicy};
 use crate::key::{Key, KeyId};
@@ -39,11 +44,31 @@ use crate::{Error, ErrorKind};
 ///   that never breaks a limit: evicting a live key would forget its requests.
 #[derive(Clone)]
 pub struct MemoryStore {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     concurrency: Table<Arc<ConcSlot>>,
+    pub(super) quota: Table<QuotaEntry>,
+    /// The store's clock: nanoseconds since this instant.
+    origin: Instant,
+    /// A cooldown of every key (nanoseconds on the store's clock).
+    pub(super) global_cooldown: AtomicU64,
+}
+
+impl Shared {
+    /// `instant` on the store's clock.
+    pub(super) fn nanos(&self, instant: Instant) -> u64 {
+        crate::quota::nanos(instant.saturating_duration_since(self.origin))
+    }
+
+    /// A time on the store's clock as an `Instant` (clamped to about 30 years ahead).
+    pub(super) fn instant(&self, nanos: u64) -> Instant {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365 * 30);
+        self.origin
+            .checked_add(Duration::from_nanos(nanos))
+            .map_or(far, |at| at.min(far))
+    }
 }
 
 impl MemoryStore {
@@ -60,13 +85,17 @@ impl MemoryStore {
         MemoryStore {
             shared: Arc::new(Shared {
                 concurrency: Table::new(max_keys),
+                quota: Table::new(max_keys),
+                origin: Instant::now(),
+                global_cooldown: AtomicU64::new(0),
             }),
         }
     }
 
-    /// The number of keys whose state is held now, idle ones not yet swept included.
+    /// The number of key states held now (concurrency and quota states count apart),
+    /// idle ones not yet swept included.
     pub fn len(&self) -> usize {
-        self.shared.concurrency.len()
+        self.shared.concurrency.len() + self.shared.quota.len()
     }
 
     /// Whether no key's state is held.
@@ -80,6 +109,8 @@ impl MemoryStore {
     /// useful to operators and tests that want [`len`](Self::len) to count live keys.
     pub fn evict_idle(&self) {
         self.shared.concurrency.sweep_all(0);
+        let now = self.shared.nanos(Instant::now());
+        self.shared.quota.sweep_all(now);
     }
 
     /// The concurrency state of `key` now, or `None` when the store holds none.

@@ -9,6 +9,7 @@
 //! it without the layers changing:
 //!
 //! - [`ConcurrencyStore`]: in-flight slots per key.
+//! - [`QuotaStore`]: quota windows per key, cooldowns, refunds.
 //!
 //! Admission may be asynchronous (a Redis round trip); the in-memory store answers
 //! synchronously whenever it can, without allocating or boxing: see [`Admission`].
@@ -22,9 +23,13 @@ use crate::Error;
 use crate::key::Key;
 
 mod memory;
+mod memory_quota;
+mod quota;
 mod table;
 
 pub use memory::{ConcurrencySnapshot, MemoryAcquire, MemoryPermit, MemoryStore};
+pub use memory_quota::MemoryQuotaAcquire;
+pub use quota::{QuotaAsk, QuotaGrant, QuotaSet, QuotaSetError, QuotaStore, QuotaUsage};
 
 /// How a store may answer a request for a slot.
 #[derive(Debug)]

@@ -1,0 +1,220 @@
+//! The quota capability of a store: per-key windows, admitted all-or-nothing.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Admission, WaitPolicy};
+use crate::Error;
+use crate::key::Key;
+use crate::quota::Quota;
+
+/// The quotas one key is under at once ("35 per minute AND 800 per hour"): 1 to
+/// [`QuotaSet::MAX`] quotas, cheap to clone (an `Arc`).
+#[derive(Clone, PartialEq)]
+pub struct QuotaSet(Arc<[Quota]>);
+
+impl QuotaSet {
+    /// The most quotas one key can be under in one layer.
+    pub const MAX: usize = 4;
+
+    /// A set of quotas, all admitted together. Fails when `quotas` is empty or holds
+    /// more than [`QuotaSet::MAX`].
+    pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Result<Self, QuotaSetError> {
+        let quotas: Arc<[Quota]> = quotas.into_iter().collect();
+        if quotas.is_empty() || quotas.len() > Self::MAX {
+            return Err(QuotaSetError(quotas.len()));
+        }
+        Ok(QuotaSet(quotas))
+    }
+
+    /// The largest cost every quota of the set can admit: a request costing more is
+    /// refused at once with [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh).
+    pub fn capacity(&self) -> u32 {
+        self.0.iter().map(Quota::capacity).min().unwrap_or(0)
+    }
+
+    /// The spacing of releases from a wait queue: the shortest `window / limit` of the
+    /// set, the average interval at which the most generous quota replenishes.
+    pub fn release_spacing(&self) -> Duration {
+        self.0
+            .iter()
+            .map(|q| q.window() / q.limit())
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl From<Quota> for QuotaSet {
+    fn from(quota: Quota) -> Self {
+        QuotaSet(Arc::from([quota]))
+    }
+}
+
+impl Deref for QuotaSet {
+    type Target = [Quota];
+    fn deref(&self) -> &[Quota] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for QuotaSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+/// A [`QuotaSet`] must hold 1 to [`QuotaSet::MAX`] quotas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaSetError(usize);
+
+impl fmt::Display for QuotaSetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a quota set holds 1 to {} quotas, not {}",
+            QuotaSet::MAX,
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for QuotaSetError {}
+
+/// One request's ask for quota.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct QuotaAsk<'a> {
+    /// The quotas of the key (all must admit).
+    pub quotas: &'a QuotaSet,
+    /// Quota units the request costs (a Graph `$batch` of 20 costs 20).
+    pub cost: u32,
+    /// Wait in the key's queue, or refuse at once.
+    pub policy: WaitPolicy,
+    /// Wait mode: a request whose wait is known to exceed this fails at once with
+    /// [`ErrorKind::WaitExceeded`](crate::ErrorKind::WaitExceeded) instead of waiting.
+    pub max_wait: Duration,
+    /// Wait mode: the least time between two releases from the queue.
+    pub spacing: Duration,
+    /// Fill [`QuotaGrant::usage`] (for `RateLimit` headers).
+    pub report: bool,
+}
+
+impl<'a> QuotaAsk<'a> {
+    /// An ask for `cost` units of `quotas`, in reject mode, without usage report.
+    pub fn new(quotas: &'a QuotaSet, cost: u32) -> Self {
+        QuotaAsk {
+            quotas,
+            cost,
+            policy: WaitPolicy::Reject,
+            max_wait: Duration::ZERO,
+            spacing: Duration::ZERO,
+            report: false,
+        }
+    }
+
+    /// Wait mode: queue up to `max_queue` deep, for at most `max_wait`, released at
+    /// least `spacing` apart.
+    pub fn wait(mut self, max_queue: usize, max_wait: Duration, spacing: Duration) -> Self {
+        self.policy = WaitPolicy::Queue { max_queue };
+        self.max_wait = max_wait;
+        self.spacing = spacing;
+        self
+    }
+
+    /// Asks for [`QuotaGrant::usage`].
+    pub fn report(mut self, report: bool) -> Self {
+        self.report = report;
+        self
+    }
+}
+
+/// One quota's state right after an admission, for `RateLimit` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaUsage {
+    /// Units still available now.
+    pub remaining: u32,
+    /// Time until the quota is fully replenished if nothing else is admitted.
+    pub reset_after: Duration,
+}
+
+/// Proof of an admission: what to refund if the request never reaches the server.
+#[derive(Clone, Debug)]
+pub struct QuotaGrant {
+    pub(crate) admitted_at: u64,
+    pub(crate) cost: u32,
+    pub(crate) usage: [QuotaUsage; QuotaSet::MAX],
+    pub(crate) reported: usize,
+}
+
+impl QuotaGrant {
+    /// A grant made by a store at `admitted_at` (in the store's own clock, nanoseconds).
+    pub fn new(admitted_at: u64, cost: u32) -> Self {
+        QuotaGrant {
+            admitted_at,
+            cost,
+            usage: [QuotaUsage::default(); QuotaSet::MAX],
+            reported: 0,
+        }
+    }
+
+    /// Records the usage of the quota at `index` after this admission.
+    pub fn set_usage(&mut self, index: usize, usage: QuotaUsage) {
+        if index < QuotaSet::MAX {
+            self.usage[index] = usage;
+            self.reported = self.reported.max(index + 1);
+        }
+    }
+
+    /// When the request was admitted, in the store's clock (nanoseconds).
+    pub fn admitted_at(&self) -> u64 {
+        self.admitted_at
+    }
+
+    /// Units admitted.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// Each quota's state after the admission, in the order of the set (empty unless
+    /// the ask asked for a report).
+    pub fn usage(&self) -> &[QuotaUsage] {
+        &self.usage[..self.reported]
+    }
+}
+
+/// Per-key quota windows, admitted all-or-nothing.
+///
+/// # Contract
+///
+/// - An admission commits `cost` to every quota of the set, or to none: a request
+///   refused by one window consumes nothing from the others.
+/// - Never more admitted than each quota's semantics allow (see [`crate::quota`]).
+/// - A refusal carries the exact time until the same request would be admitted
+///   ([`Error::retry_after`]), never earlier.
+/// - Wait mode: first come, first served per key; releases from the queue are at least
+///   `spacing` apart; dropping the wait gives the place up without consuming quota.
+/// - A cooldown (`cooldown`, `cooldown_all`) admits nothing for the key (or for every
+///   key) until it ends, in both modes.
+/// - `refund` gives back a grant whose request never reached the server. It is
+///   synchronous and never fails: a remote store sends it in the background.
+pub trait QuotaStore: Clone + Send + Sync + 'static {
+    /// The wait for an admission.
+    type Acquire: Future<Output = Result<QuotaGrant, Error>> + Send;
+
+    /// Asks for `ask.cost` units of every quota of `key`.
+    fn admit(&self, key: &Key, ask: &QuotaAsk<'_>) -> Admission<QuotaGrant, Self::Acquire>;
+
+    /// Gives back an admission whose request never reached the server.
+    fn refund(&self, key: &Key, quotas: &QuotaSet, grant: &QuotaGrant);
+
+    /// Admits nothing for `key` until `until` (a later cooldown wins over an earlier).
+    fn cooldown(&self, key: &Key, until: Instant);
+
+    /// Admits nothing for any key until `until`.
+    fn cooldown_all(&self, until: Instant);
+}
