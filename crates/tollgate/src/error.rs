@@ -77,6 +77,25 @@ impl ErrorKind {
         }
     }
 
+    /// Whether an error of this kind means the request never left this process (a
+    /// local rejection): quota taken for it further out is given back.
+    pub fn never_sent(self) -> bool {
+        // Every kind so far is a local decision; kinds about answers from the server
+        // (retries exhausted) will not be.
+        matches!(
+            self,
+            ErrorKind::Key
+                | ErrorKind::ConcurrencyLimited
+                | ErrorKind::QueueFull
+                | ErrorKind::WaitExceeded
+                | ErrorKind::TooManyKeys
+                | ErrorKind::StoreUnavailable
+                | ErrorKind::QuotaExceeded
+                | ErrorKind::Throttled
+                | ErrorKind::CostTooHigh
+        )
+    }
+
     fn describe(self) -> &'static str {
         match self {
             ErrorKind::Key => "no usable key",

@@ -11,6 +11,7 @@ pub mod store;
 
 pub use concurrency::{ConcurrencyPerKey, ConcurrencyPerKeyLayer};
 pub use error::{Error, ErrorKind};
+pub use quota::{QuotaWindow, QuotaWindowLayer};
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -126,7 +126,7 @@ pub enum Release {
 }
 
 /// Deadlines past `Instant` arithmetic are clamped to about 30 years.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,77 @@
 //! Quota windows: at most `N` units per window `W`, per key, several quotas at once.
 //!
-//! This module is the maths of `QuotaWindow`: value types ([`Quota`]) and per-key
-//! state machines ([`WindowState`]) that are pure functions of `(state, now)`. No
-//! clock, no lock, no I/O, no allocation: the store holds the states under its own
-//! locks and passes the time in; the layer turns the answers into waits, errors and
-//! headers.
+//! [`QuotaWindow`] is the layer: for each key (a mailbox, a chat, a space), every
+//! request must fit every quota of the key's [`QuotaSet`] ("35 per minute AND 800 per
+//! hour"), admitted all-or-nothing. Below it, this module holds the maths: value types
+//! ([`Quota`]) and per-key state machines ([`WindowState`]) that are pure functions of
+//! `(state, now)`, with no clock, lock, I/O or allocation; the store
+//! ([`QuotaStore`](crate::store::QuotaStore)) holds the states under its own locks and
+//! passes the time in.
 //!
-//! # Example
+//! # The layer
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::quota::{Quota, QuotaWindowLayer};
+//! use tollgate::key::PathSegment;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // Microsoft Graph: 10,000 requests per 10 minutes per mailbox, never more in any
+//! // sliding 10 minutes, with 1 s of margin for the latency to the server's count.
+//! let graph = Quota::sliding(10_000, Duration::from_secs(600))?;
+//! let mailbox = PathSegment::pattern("/v1.0/users/{id}/{*rest}", "id")?;
+//! let client = ServiceBuilder::new()
+//!     .layer(QuotaWindowLayer::new(graph, mailbox).safety_margin(Duration::from_secs(1))?)
+//!     .service(service_fn(|_req: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//!     }));
+//! let request = http::Request::get("/v1.0/users/alice/messages").body(String::new())?;
+//! assert_eq!(client.oneshot(request).await?.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Wait mode** (default, for clients): a request that does not fit waits in its
+//!   key's FIFO queue (at most `max_queue`, at most `max_wait`; a wait known in advance
+//!   to be longer fails at once with [`ErrorKind::WaitExceeded`](crate::ErrorKind::WaitExceeded)
+//!   and the time it would have taken). The head of the queue sleeps until the exact
+//!   instant its request fits; when room returns, waiters are released in order and at
+//!   least `release_spacing` apart (by default the shortest `W / N` of the set), not as
+//!   a flood.
+//! - **Reject mode** ([`reject`](QuotaWindowLayer::reject); [`respond`](QuotaWindowLayer::respond)
+//!   for servers): a request that does not fit fails at once with
+//!   [`ErrorKind::QuotaExceeded`](crate::ErrorKind::QuotaExceeded) and the exact time until it would
+//!   fit. As a response: `429` with `Retry-After` in whole seconds rounded **up** (never
+//!   `0`), `RateLimit-Policy` and `RateLimit` (draft-10) and optionally the
+//!   `X-RateLimit-*` trio. Admitted responses carry the same headers, and handlers find
+//!   the [`QuotaDecision`] in the request's extensions.
+//! - **Cost and class**: a request costs [`Cost`] units (1 by default); a [`Classify`]
+//!   (such as [`ReadWrite`]) gives it a class, which selects its quotas through
+//!   [`quotas_for`](QuotaWindowLayer::quotas_for) and keeps its own state. A cost above a
+//!   quota's capacity fails at once with [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh).
+//! - **Refunds**: a request admitted here but refused by a layer further in (its
+//!   [`Error`](crate::Error) says [`never_sent`](crate::ErrorKind::never_sent)) gets
+//!   its quota back. A request that reached the inner service is never refunded,
+//!   whatever it got back: the server counted it, 429 or not. A request cancelled while
+//!   it waits never took anything. A request cancelled while a layer further in holds
+//!   it (waiting for a concurrency slot, say) is not refunded: from here, it may have
+//!   been sent.
+//! - **Cooldown**: [`QuotaWindow::cooldown`] (or the store's
+//!   [`cooldown`](crate::store::QuotaStore::cooldown)) admits nothing for a key until a
+//!   time, in both modes; other keys are untouched. `cooldown_all` holds every key.
+//!
+//! # Order and sharing
+//!
+//! Client stack: `RetryAfterBackoff` → `QuotaWindow` → `ConcurrencyPerKey` →
+//! `ThrottleClassifier` → client. Retries pass through again and take quota like any
+//! request. Clones of the layer and its services share one store; `poll_ready` only
+//! asks the inner service (the key is known in `call`), and a request that must wait
+//! takes the ready inner service with it, exactly as
+//! [`ConcurrencyPerKey`](crate::concurrency) does.
+//!
+//! # The maths
 //!
 //! Google Chat lets an app create fewer than 35 spaces per minute *and* 800 per hour:
 //!
@@ -206,15 +271,27 @@
 
 use std::time::Duration;
 
+mod class;
 mod fixed;
+pub mod future;
+mod headers;
+mod layer;
+mod service;
 mod sliding;
 mod smooth;
 mod spec;
 mod state;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod tests;
 mod windows;
 
+pub use crate::store::{QuotaSet, QuotaSetError};
+pub use class::{Classified, Classify, Cost, ReadWrite};
+pub use headers::{RATELIMIT, RATELIMIT_POLICY};
+pub use layer::QuotaWindowLayer;
+pub use service::QuotaWindow;
 pub use spec::{Quota, QuotaError, WindowKind};
 pub use state::{Wait, WindowState};
 pub use windows::{
@@ -225,4 +302,56 @@ pub use windows::{
 /// A [`Duration`] in whole nanoseconds, saturating at `u64::MAX` (584 years).
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What [`QuotaWindow`] decided for an admitted request, put in its extensions when
+/// headers are on, for handlers that want to show or log it.
+#[derive(Clone, Debug)]
+pub struct QuotaDecision {
+    key: crate::key::KeyId,
+    class: &'static str,
+    quotas: QuotaSet,
+    grant: crate::store::QuotaGrant,
+}
+
+impl QuotaDecision {
+    pub(crate) fn new(
+        key: crate::key::KeyId,
+        class: &'static str,
+        quotas: QuotaSet,
+        grant: crate::store::QuotaGrant,
+    ) -> Self {
+        QuotaDecision {
+            key,
+            class,
+            quotas,
+            grant,
+        }
+    }
+
+    /// The key's fingerprint.
+    pub fn key(&self) -> crate::key::KeyId {
+        self.key
+    }
+
+    /// The request's class (`""` by default).
+    pub fn class(&self) -> &'static str {
+        self.class
+    }
+
+    /// Units the request took.
+    pub fn cost(&self) -> u32 {
+        self.grant.cost()
+    }
+
+    /// The quotas the request was admitted under.
+    pub fn quotas(&self) -> &QuotaSet {
+        &self.quotas
+    }
+
+    /// Each quota's state right after the admission, in the order of
+    /// [`quotas`](Self::quotas).
+    pub fn usage(&self) -> &[crate::store::QuotaUsage] {
+        self.grant.usage()
+    }
 }

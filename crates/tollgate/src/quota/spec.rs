@@ -119,6 +119,23 @@ impl Quota {
         })
     }
 
+    /// The same quota over a window longer by `margin`: the safety margin for the
+    /// latency between a local admission and the server's count. If the server counts
+    /// a request up to `margin` later than we admitted it, admissions spaced for a
+    /// window of `W + margin` locally still fit the server's `W`.
+    ///
+    /// Keeps the kind and the burst. Fails if the widened window exceeds
+    /// [`MAX_WINDOW`](Quota::MAX_WINDOW).
+    pub fn with_margin(self, margin: Duration) -> Result<Quota, QuotaError> {
+        let window = self.window() + margin;
+        let widened = match self.kind {
+            WindowKind::Sliding => Quota::sliding(self.limit, window)?,
+            WindowKind::Fixed => Quota::fixed(self.limit, window)?,
+            WindowKind::Smooth => Quota::smooth(self.limit, window)?.burst(self.capacity)?,
+        };
+        Ok(widened)
+    }
+
     /// How this quota counts its window.
     pub fn kind(&self) -> WindowKind {
         self.kind

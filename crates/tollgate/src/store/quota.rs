@@ -32,6 +32,13 @@ impl QuotaSet {
         Ok(QuotaSet(quotas))
     }
 
+    /// The same set with every window widened by `margin`; see [`Quota::with_margin`].
+    pub fn with_margin(&self, margin: Duration) -> Result<Self, crate::quota::QuotaError> {
+        let widened: Result<Arc<[Quota]>, _> =
+            self.0.iter().map(|q| q.with_margin(margin)).collect();
+        Ok(QuotaSet(widened?))
+    }
+
     /// The largest cost every quota of the set can admit: a request costing more is
     /// refused at once with [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh).
     pub fn capacity(&self) -> u32 {

@@ -1,0 +1,385 @@
+//! The response future of [`QuotaWindow`](super::QuotaWindow).
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::QuotaDecision;
+use super::headers;
+use super::layer::Config;
+use crate::body::ResponseBody;
+use crate::key::Key;
+use crate::reject::{BoxError, Failure, Respond, Throw, rejection_response};
+use crate::store::{QuotaGrant, QuotaSet, QuotaStore};
+use crate::{Error, ErrorKind};
+
+/// What to give back if the request turns out never to have been sent.
+pub(super) struct Refund<St> {
+    store: St,
+    key: Key,
+    admitted_at: u64,
+    cost: u32,
+}
+
+impl<St: QuotaStore> Refund<St> {
+    pub(super) fn new(store: St, key: Key, grant: &QuotaGrant) -> Self {
+        Refund {
+            store,
+            key,
+            admitted_at: grant.admitted_at(),
+            cost: grant.cost(),
+        }
+    }
+
+    fn give_back(self, quotas: &QuotaSet) {
+        tracing::debug!(target: "tollgate::quota", key = %self.key.id(), decision = "refund", cost = self.cost);
+        let grant = QuotaGrant::new(self.admitted_at, self.cost);
+        self.store.refund(&self.key, quotas, &grant);
+    }
+}
+
+pin_project! {
+    /// A request waiting in a key's quota queue; boxed, as the slow path.
+    pub(super) struct Waiting<S, R, A, St> {
+        #[pin]
+        acquire: A,
+        #[pin]
+        deadline: Sleep,
+        service: Option<S>,
+        request: Option<R>,
+        key: Key,
+        class: &'static str,
+        store: St,
+    }
+}
+
+impl<S, R, A, St: Clone> Waiting<S, R, A, St> {
+    pub(super) fn new(
+        acquire: A,
+        deadline: Instant,
+        service: S,
+        request: R,
+        key: Key,
+        class: &'static str,
+        store: &St,
+    ) -> Self {
+        Waiting {
+            acquire,
+            deadline: tokio::time::sleep_until(deadline),
+            service: Some(service),
+            request: Some(request),
+            key,
+            class,
+            store: store.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`QuotaWindow`](super::QuotaWindow): waits for the key's
+    /// quota if needed, then drives the inner service's future, giving the quota back if
+    /// a layer further in rejected the request before it was sent.
+    ///
+    /// Dropping it while it waits gives its place up and consumes nothing.
+    pub struct ResponseFuture<S, R, St, O>
+    where
+        S: Service<R>,
+        St: QuotaStore,
+    {
+        #[pin]
+        state: State<S, R, S::Future, St::Acquire, St>,
+        quotas: Option<QuotaSet>,
+        report: Option<Box<QuotaGrant>>,
+        report_on: bool,
+        x_ratelimit: bool,
+        status: StatusCode,
+        _output: PhantomData<fn() -> O>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R, F, A, St> {
+        Waiting {
+            wait: Pin<Box<Waiting<S, R, A, St>>>,
+        },
+        Calling {
+            #[pin]
+            future: F,
+            refund: Option<Refund<St>>,
+        },
+        Rejected {
+            error: Option<Error>,
+        },
+    }
+}
+
+impl<S, R, St, O> ResponseFuture<S, R, St, O>
+where
+    S: Service<R>,
+    St: QuotaStore,
+{
+    fn with_state<X, C>(
+        state: State<S, R, S::Future, St::Acquire, St>,
+        quotas: Option<QuotaSet>,
+        report: Option<Box<QuotaGrant>>,
+        config: &Config<X, C, St>,
+    ) -> Self {
+        ResponseFuture {
+            state,
+            quotas,
+            report,
+            report_on: config.report,
+            x_ratelimit: config.x_ratelimit,
+            status: config.status,
+            _output: PhantomData,
+        }
+    }
+
+    pub(super) fn calling<X, C>(
+        future: S::Future,
+        refund: Refund<St>,
+        report: Option<Box<QuotaGrant>>,
+        quotas: QuotaSet,
+        config: &Config<X, C, St>,
+    ) -> Self {
+        let state = State::Calling {
+            future,
+            refund: Some(refund),
+        };
+        Self::with_state(state, Some(quotas), report, config)
+    }
+
+    pub(super) fn waiting<X, C>(
+        wait: Waiting<S, R, St::Acquire, St>,
+        quotas: QuotaSet,
+        config: &Config<X, C, St>,
+    ) -> Self {
+        let state = State::Waiting {
+            wait: Box::pin(wait),
+        };
+        Self::with_state(state, Some(quotas), None, config)
+    }
+
+    pub(super) fn rejected<X, C>(
+        error: Error,
+        quotas: Option<QuotaSet>,
+        config: &Config<X, C, St>,
+    ) -> Self {
+        let state = State::Rejected { error: Some(error) };
+        Self::with_state(state, quotas, None, config)
+    }
+}
+
+/// How the inner part of the future ended, before the output type is applied.
+type Outcome<ResBody, E, St> = (Result<Response<ResBody>, Failure<E>>, Option<Refund<St>>);
+
+impl<S, ReqBody, St, O, ResBody> ResponseFuture<S, Request<ReqBody>, St, O>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: QuotaStore,
+{
+    fn poll_inner(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Outcome<ResBody, S::Error, St>> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { wait } => {
+                    let w = wait.as_mut().project();
+                    match w.acquire.poll(cx) {
+                        Poll::Ready(Ok(grant)) => {
+                            let mut request = w.request.take().expect("request taken once");
+                            if *this.report_on {
+                                if let Some(quotas) = this.quotas.as_ref() {
+                                    let decision = QuotaDecision::new(
+                                        w.key.id(),
+                                        w.class,
+                                        quotas.clone(),
+                                        grant.clone(),
+                                    );
+                                    request.extensions_mut().insert(decision);
+                                }
+                                *this.report = Some(Box::new(grant.clone()));
+                            }
+                            let refund = Refund::new(w.store.clone(), w.key.clone(), &grant);
+                            let mut service = w.service.take().expect("service taken once");
+                            let future = service.call(request);
+                            this.state.set(State::Calling {
+                                future,
+                                refund: Some(refund),
+                            });
+                        }
+                        Poll::Ready(Err(err)) => {
+                            this.state.set(State::Rejected { error: None });
+                            return Poll::Ready((Err(Failure::Rejected(err)), None));
+                        }
+                        Poll::Pending => {
+                            ready!(w.deadline.poll(cx));
+                            tracing::debug!(target: "tollgate::quota", key = %w.key.id(), decision = "wait_exceeded");
+                            let err = Error::new(ErrorKind::WaitExceeded).with_key(w.key.id());
+                            // Dropping the wait gives its place back; nothing was taken.
+                            this.state.set(State::Rejected { error: None });
+                            return Poll::Ready((Err(Failure::Rejected(err)), None));
+                        }
+                    }
+                }
+                StateProj::Calling { future, refund } => {
+                    let result = ready!(future.poll(cx));
+                    return Poll::Ready((result.map_err(Failure::Inner), refund.take()));
+                }
+                StateProj::Rejected { error } => {
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready((Err(Failure::Rejected(error)), None));
+                }
+            }
+        }
+    }
+
+    /// Gives the quota back when a layer further in answered with its own rejection,
+    /// and adds the `RateLimit` headers of an admitted request.
+    fn finish_response(
+        quotas: Option<&QuotaSet>,
+        report: Option<&QuotaGrant>,
+        x_ratelimit: bool,
+        refund: Option<Refund<St>>,
+        response: &mut Response<ResBody>,
+    ) {
+        let Some(quotas) = quotas else { return };
+        let local = response
+            .extensions()
+            .get::<Error>()
+            .is_some_and(|e| e.kind().never_sent());
+        if let (true, Some(refund)) = (local, refund) {
+            refund.give_back(quotas);
+        }
+        if let Some(grant) = report {
+            let usage: Vec<_> = grant.usage().iter().copied().enumerate().collect();
+            headers::insert(response.headers_mut(), quotas, &usage, x_ratelimit);
+        }
+    }
+}
+
+/// Adds the `RateLimit` headers of a refusal by one quota.
+fn refusal_headers<B>(
+    response: &mut Response<B>,
+    quotas: Option<&QuotaSet>,
+    err: &Error,
+    x_ratelimit: bool,
+) {
+    let (Some(quotas), Some(index), Some(after)) = (quotas, err.quota_index(), err.retry_after())
+    else {
+        return;
+    };
+    let usage = [(
+        index,
+        crate::store::QuotaUsage {
+            remaining: 0,
+            reset_after: after,
+        },
+    )];
+    headers::insert(response.headers_mut(), quotas, &usage, x_ratelimit);
+}
+
+impl<S, ReqBody, St, ResBody> Future for ResponseFuture<S, Request<ReqBody>, St, Throw>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    St: QuotaStore,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (result, refund) = ready!(self.as_mut().poll_inner(cx));
+        let this = self.project();
+        Poll::Ready(match result {
+            Ok(mut response) => {
+                Self::finish_response(
+                    this.quotas.as_ref(),
+                    this.report.as_deref(),
+                    *this.x_ratelimit,
+                    refund,
+                    &mut response,
+                );
+                Ok(response)
+            }
+            Err(Failure::Inner(err)) => {
+                let err: BoxError = err.into();
+                let local = err
+                    .downcast_ref::<Error>()
+                    .is_some_and(|e| e.kind().never_sent());
+                if let (true, Some(refund), Some(quotas)) = (local, refund, this.quotas.as_ref()) {
+                    refund.give_back(quotas);
+                }
+                Err(err)
+            }
+            Err(Failure::Rejected(err)) => Err(Box::new(err)),
+        })
+    }
+}
+
+impl<S, ReqBody, St, ResBody> Future for ResponseFuture<S, Request<ReqBody>, St, Respond>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: QuotaStore,
+{
+    type Output = Result<Response<ResponseBody<ResBody, ()>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (result, refund) = ready!(self.as_mut().poll_inner(cx));
+        let this = self.project();
+        Poll::Ready(match result {
+            Ok(mut response) => {
+                Self::finish_response(
+                    this.quotas.as_ref(),
+                    this.report.as_deref(),
+                    *this.x_ratelimit,
+                    refund,
+                    &mut response,
+                );
+                Ok(response.map(|body| ResponseBody::new(body, None)))
+            }
+            Err(Failure::Inner(err)) => Err(err),
+            Err(Failure::Rejected(err)) => {
+                let headers_for = err.clone();
+                let mut response = rejection_response(err, *this.status);
+                if *this.report_on {
+                    refusal_headers(
+                        &mut response,
+                        this.quotas.as_ref(),
+                        &headers_for,
+                        *this.x_ratelimit,
+                    );
+                }
+                Ok(response)
+            }
+        })
+    }
+}
+
+impl<S, R, St, O> fmt::Debug for ResponseFuture<S, R, St, O>
+where
+    S: Service<R>,
+    St: QuotaStore,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting",
+            State::Calling { .. } => "calling",
+            State::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
