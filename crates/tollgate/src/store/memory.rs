@@ -345,7 +345,9 @@ impl ConcurrencyStore for MemoryStore {
             Ok(slot) => slot,
             Err(err) => return Admission::Rejected(err),
         };
-        if slot.limit.swap(limit, Ordering::Relaxed) < limit {
+        if slot.limit.load(Ordering::Relaxed) != limit
+            && slot.limit.swap(limit, Ordering::Relaxed) < limit
+        {
             // A raised limit may let waiters in, before this request.
             let mut wake = Wakers::default();
             slot.grant_locked(&mut slot.lock_queue(), &mut wake);
