@@ -325,6 +325,51 @@ impl QuotaStore for MemoryStore {
     }
 }
 
+/// A key's quota state at one moment, for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuotaSnapshot {
+    /// Requests waiting in the key's queue.
+    pub waiting: usize,
+    /// When the key's cooldown ends, if one is pending.
+    pub cooldown_until: Option<Instant>,
+    /// Each quota's usage now, in the order of the set asked about (empty if the key's
+    /// state was made for another set).
+    pub usage: Vec<QuotaUsage>,
+}
+
+impl MemoryStore {
+    /// The quota state of `key` (the state key: with its class, see
+    /// [`QuotaWindow::cooldown`](crate::QuotaWindow::cooldown)) under `quotas`, or
+    /// `None` when the store holds none.
+    pub fn quota_snapshot(&self, key: &Key, quotas: &QuotaSet) -> Option<QuotaSnapshot> {
+        let shared = &self.shared;
+        let now = shared.nanos(Instant::now());
+        let table = &shared.quota;
+        let hash = table.hash(key);
+        let mut shard = table.lock(hash);
+        let entry = shard.get(hash, key)?;
+        let usage = if entry.windows.len() == quotas.len() {
+            quotas
+                .iter()
+                .zip(&*entry.windows)
+                .map(|(quota, state)| QuotaUsage {
+                    remaining: state.remaining(quota, now),
+                    reset_after: state.reset_after(quota, now),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(QuotaSnapshot {
+            waiting: entry.queue.len(),
+            cooldown_until: (entry.cooldown_until > now)
+                .then(|| shared.instant(entry.cooldown_until)),
+            usage,
+        })
+    }
+}
+
 /// Removes a waiter from its queue when the wait ends without an admission.
 struct Registration {
     store: MemoryStore,
@@ -565,6 +610,8 @@ mod tests {
         let quotas = set(&[Quota::sliding(100, SEC).unwrap()]);
         let ask = QuotaAsk::new(&quotas, 1);
         store.cooldown(&a, Instant::now() + 10 * SEC);
+        let snapshot = store.quota_snapshot(&a, &quotas).unwrap();
+        assert_eq!(snapshot.cooldown_until, Some(Instant::now() + 10 * SEC));
         let err = refused(store.admit(&a, &ask));
         assert_eq!(err.kind(), ErrorKind::Throttled);
         assert_eq!(err.retry_after(), Some(10 * SEC));
@@ -600,6 +647,9 @@ mod tests {
         let mut waiters: Vec<_> = (0..3)
             .map(|_| task::spawn(waiting(store.admit(&key, &ask))))
             .collect();
+        let snapshot = store.quota_snapshot(&key, &quotas).unwrap();
+        assert_eq!(snapshot.waiting, 3);
+        assert_eq!(snapshot.usage[0].remaining, 0);
         for w in &mut waiters {
             assert_pending!(w.poll());
         }

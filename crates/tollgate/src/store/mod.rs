@@ -28,7 +28,7 @@ mod quota;
 mod table;
 
 pub use memory::{ConcurrencySnapshot, MemoryAcquire, MemoryPermit, MemoryStore};
-pub use memory_quota::MemoryQuotaAcquire;
+pub use memory_quota::{MemoryQuotaAcquire, QuotaSnapshot};
 pub use quota::{QuotaAsk, QuotaGrant, QuotaSet, QuotaSetError, QuotaStore, QuotaUsage};
 
 /// How a store may answer a request for a slot.
