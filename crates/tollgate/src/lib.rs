@@ -9,7 +9,7 @@
 //! | [`ConcurrencyPerKeyLayer`] | at most N in flight per key, the slot held until the response body ends; wait (FIFO) or reject |
 //!
 //! Keys come from a [`KeyExtractor`](key::KeyExtractor) ([`key`] has the built-ins);
-//! state lives in a [store](store), shared by every clone of a layer; every decision
+//! state lives in a [`store`], shared by every clone of a layer; every decision
 //! that stops a request is a typed [`Error`] naming the key's fingerprint and when to
 //! come back.
 //!

@@ -56,7 +56,7 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
     /// Puts `key` (of requests of `class`; `""` for the default class) in cooldown: no
     /// request of it is admitted before `until`. Waiting requests wait it out (or fail
     /// if that exceeds their `max_wait`); in reject mode they fail with
-    /// [`ErrorKind::Throttled`]. Other keys are untouched.
+    /// [`ErrorKind::Throttled`](crate::ErrorKind::Throttled). Other keys are untouched.
     pub fn cooldown(&self, key: &Key, class: &'static str, until: Instant) -> Result<(), Error>
     where
         St: QuotaStore,
