@@ -136,6 +136,21 @@ impl Quota {
         Ok(widened)
     }
 
+    /// A bound on how long an admission is remembered: a state whose last admission
+    /// was at `t` is fresh ([`WindowState::is_fresh`](super::WindowState::is_fresh)) at
+    /// `t + forget_after()`, if nothing is blocked. Sliding: `W + g`; fixed: `W` (the
+    /// window ends by then); smooth: `burst × T` (the theoretical arrival time is at most
+    /// that far ahead). Stores use it to know when a key may be evicted without
+    /// re-reading its state.
+    pub fn forget_after(&self) -> Duration {
+        let nanos = match self.kind {
+            WindowKind::Sliding => self.window.saturating_add(self.step),
+            WindowKind::Fixed => self.window,
+            WindowKind::Smooth => u64::from(self.capacity).saturating_mul(self.step),
+        };
+        Duration::from_nanos(nanos)
+    }
+
     /// How this quota counts its window.
     pub fn kind(&self) -> WindowKind {
         self.kind

@@ -15,8 +15,20 @@ use crate::quota::Quota;
 
 /// The quotas one key is under at once ("35 per minute AND 800 per hour"): 1 to
 /// [`QuotaSet::MAX`] quotas, cheap to clone (an `Arc`).
-#[derive(Clone, PartialEq)]
-pub struct QuotaSet(Arc<[Quota]>);
+#[derive(Clone)]
+pub struct QuotaSet {
+    quotas: Arc<[Quota]>,
+    /// Derived once, read on every request.
+    capacity: u32,
+    spacing: Duration,
+    forget_after: Duration,
+}
+
+impl PartialEq for QuotaSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.quotas == other.quotas
+    }
+}
 
 impl QuotaSet {
     /// The most quotas one key can be under in one layer.
@@ -29,49 +41,68 @@ impl QuotaSet {
         if quotas.is_empty() || quotas.len() > Self::MAX {
             return Err(QuotaSetError(quotas.len()));
         }
-        Ok(QuotaSet(quotas))
+        Ok(Self::derive(quotas))
+    }
+
+    fn derive(quotas: Arc<[Quota]>) -> Self {
+        QuotaSet {
+            capacity: quotas.iter().map(Quota::capacity).min().unwrap_or(0),
+            spacing: quotas
+                .iter()
+                .map(|q| q.window() / q.limit())
+                .min()
+                .unwrap_or(Duration::ZERO),
+            forget_after: quotas
+                .iter()
+                .map(Quota::forget_after)
+                .max()
+                .unwrap_or(Duration::ZERO),
+            quotas,
+        }
     }
 
     /// The same set with every window widened by `margin`; see [`Quota::with_margin`].
     pub fn with_margin(&self, margin: Duration) -> Result<Self, crate::quota::QuotaError> {
         let widened: Result<Arc<[Quota]>, _> =
-            self.0.iter().map(|q| q.with_margin(margin)).collect();
-        Ok(QuotaSet(widened?))
+            self.quotas.iter().map(|q| q.with_margin(margin)).collect();
+        Ok(Self::derive(widened?))
     }
 
     /// The largest cost every quota of the set can admit: a request costing more is
     /// refused at once with [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh).
     pub fn capacity(&self) -> u32 {
-        self.0.iter().map(Quota::capacity).min().unwrap_or(0)
+        self.capacity
     }
 
     /// The spacing of releases from a wait queue: the shortest `window / limit` of the
     /// set, the average interval at which the most generous quota replenishes.
     pub fn release_spacing(&self) -> Duration {
-        self.0
-            .iter()
-            .map(|q| q.window() / q.limit())
-            .min()
-            .unwrap_or(Duration::ZERO)
+        self.spacing
+    }
+
+    /// The longest [`Quota::forget_after`] of the set: a key admitted at `t` and not
+    /// since is fresh at `t + forget_after()`.
+    pub fn forget_after(&self) -> Duration {
+        self.forget_after
     }
 }
 
 impl From<Quota> for QuotaSet {
     fn from(quota: Quota) -> Self {
-        QuotaSet(Arc::from([quota]))
+        Self::derive(Arc::from([quota]))
     }
 }
 
 impl Deref for QuotaSet {
     type Target = [Quota];
     fn deref(&self) -> &[Quota] {
-        &self.0
+        &self.quotas
     }
 }
 
 impl fmt::Debug for QuotaSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter()).finish()
+        f.debug_list().entries(self.quotas.iter()).finish()
     }
 }
 
