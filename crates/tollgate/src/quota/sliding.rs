@@ -35,6 +35,11 @@ pub(super) struct Sliding {
     newest: u64,
     /// `counts[j % RING]` is the units admitted in bucket `j`, for the buckets held.
     counts: [u32; RING],
+    /// At least the sum of `counts`: exactly it, or `u32::MAX` once the sum has
+    /// overflowed (sticky until the ring is cleared). It sits in what would be padding,
+    /// and lets a check that fits even if no bucket had expired skip the pass over the
+    /// ring.
+    total: u32,
 }
 
 fn slot(j: u64) -> usize {
@@ -54,6 +59,7 @@ impl Sliding {
         Sliding {
             newest: now / quota.step_nanos(),
             counts: [0; RING],
+            total: 0,
         }
     }
 
@@ -84,7 +90,12 @@ impl Sliding {
     pub(super) fn earliest(&self, quota: &Quota, from: u64, cost: u32) -> u64 {
         let limit = u64::from(quota.limit());
         let cost = u64::from(cost);
-        let mut t = from.max(self.unknown_until(quota));
+        let unknown_until = self.unknown_until(quota);
+        // Fast path: the units held in the ring, expired or not, bound those that count.
+        if from >= unknown_until && u64::from(self.total) + cost <= limit {
+            return from;
+        }
+        let mut t = from.max(unknown_until);
         let mut used = self.used(quota, t);
         for j in self.oldest()..=self.newest {
             if used + cost <= limit {
@@ -113,9 +124,13 @@ impl Sliding {
         if j > self.newest {
             if j - self.newest >= RING_U64 {
                 self.counts = [0; RING];
+                self.total = 0;
             } else {
                 for k in self.newest + 1..=j {
-                    self.counts[slot(k)] = 0;
+                    let cleared = std::mem::take(&mut self.counts[slot(k)]);
+                    if self.total != u32::MAX {
+                        self.total -= cleared;
+                    }
                 }
             }
             self.newest = j;
@@ -125,7 +140,9 @@ impl Sliding {
         // never shorter.
         let target = j.max(self.oldest());
         let count = &mut self.counts[slot(target)];
+        let before = *count;
         *count = count.saturating_add(cost);
+        self.total = self.total.saturating_add(*count - before);
     }
 
     /// Takes `cost` units out of the bucket of `admitted_at`, which is where
@@ -136,7 +153,11 @@ impl Sliding {
         let j = admitted_at / quota.step_nanos();
         if j <= self.newest && j >= self.oldest() {
             let count = &mut self.counts[slot(j)];
+            let before = *count;
             *count = count.saturating_sub(cost);
+            if self.total != u32::MAX {
+                self.total -= before - *count;
+            }
         }
     }
 }
@@ -155,6 +176,35 @@ mod tests {
 
     fn quota(limit: u32, window_secs: u64) -> Quota {
         Quota::sliding(limit, Duration::from_secs(window_secs)).unwrap()
+    }
+
+    proptest! {
+        /// The fast path relies on `total` never under-counting the ring.
+        #[test]
+        fn the_running_total_is_the_sum_of_the_ring(
+            ops in prop::collection::vec((0..3u8, 0..40 * SEC, 0..u32::MAX / 8), 1..200)
+        ) {
+            let q = quota(u32::MAX, 32);
+            let mut s = Sliding::new(&q, 0);
+            let mut now = 0;
+            let mut admitted = Vec::new();
+            for (op, gap, cost) in ops {
+                now += gap / 8;
+                if op < 2 {
+                    s.commit(&q, now, cost);
+                    admitted.push((now, cost));
+                } else if let Some((at, cost)) = admitted.pop() {
+                    s.refund(&q, at, cost);
+                }
+                let sum: u64 = s.counts.iter().map(|&c| u64::from(c)).sum();
+                if s.total == u32::MAX {
+                    // Sticky: the fast path can no longer admit any unit.
+                    prop_assert!(u64::from(s.total) + 1 > u64::from(q.limit()));
+                } else {
+                    prop_assert_eq!(u64::from(s.total), sum);
+                }
+            }
+        }
     }
 
     #[test]
