@@ -31,10 +31,11 @@
 //! few small allocations) is paid by every id, the baselines included. No limit is ever
 //! reached: nothing waits, nothing is rejected. The per-key layer runs with its defaults
 //! (wait mode, slot released when the body ends), so each request takes a slot from the
-//! `MemoryStore` and gives it back when the response is dropped. Because requests do not
-//! overlap, each request's key is fresh when it arrives and is evicted when its response
-//! is dropped: the number of keys in rotation changes which keys are hashed and where
-//! they land in the table, not how many entries the table holds.
+//! `MemoryStore` and gives it back when the response is dropped. A key's slot stays in
+//! the table while idle until an amortised sweep evicts it (sweeps run when a shard has
+//! doubled), so with 10,000 or 1,000,000 keys in rotation the table holds about that
+//! many entries and each request looks up a key last touched one rotation ago: the
+//! number of keys measures cache behaviour, not just hashing.
 //!
 //! # Group `quota`
 //!
