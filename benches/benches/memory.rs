@@ -199,9 +199,9 @@ fn concurrency() {
     println!();
     println!(
         "Idle rows: every permit dropped and `evict_idle` run; what remains is the capacity of \
-         the shards' hash tables (one allocation each), which never shrink. Their bytes \
-         per key are that total over the {KEYS} keys once held. Table capacity grows in \
-         powers of two per shard, so bytes per key at another key count differ."
+         the shards' hash tables (one allocation each), which a sweep shrinks to their \
+         minimum once they are mostly empty. Their bytes per key are that total over the \
+         {KEYS} keys once held."
     );
 }
 
@@ -260,7 +260,8 @@ fn quota() {
     println!();
     println!(
         "Evicted rows: every window had replenished and `evict_idle` ran; what remains \
-         is the capacity of the shards' hash tables (one allocation each), which never \
-         shrink. Their bytes per key are that total over the {KEYS} keys once held."
+         is the capacity of the shards' hash tables (one allocation each), shrunk by the \
+         sweep to their minimum. Their bytes per key are that total over the {KEYS} keys \
+         once held."
     );
 }

@@ -9,8 +9,9 @@
 //! first removes every fresh entry of that shard, then sets `sweep_at` to twice the
 //! entries left (at least 64). So a shard holds at most about twice its live keys plus
 //! 64 idle ones, each sweep costs O(entries) once per doubling, and no background task
-//! is needed. When `max_keys` is reached, every shard is swept before a new key is
-//! refused.
+//! is needed. A sweep that leaves a shard's table less than a quarter full shrinks it,
+//! so the memory of a burst of keys is given back once they are idle. When `max_keys`
+//! is reached, every shard is swept before a new key is refused.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,8 +115,14 @@ impl<V: Fresh> Table<V> {
 fn sweep<V: Fresh>(shard: &mut Shard<V>, keys: &AtomicUsize, now: u64) {
     let before = shard.map.len();
     shard.map.retain(|slot| !slot.value.is_fresh(now));
-    keys.fetch_sub(before - shard.map.len(), Ordering::Relaxed);
-    shard.sweep_at = (shard.map.len() * 2).max(MIN_SWEEP);
+    let len = shard.map.len();
+    keys.fetch_sub(before - len, Ordering::Relaxed);
+    shard.sweep_at = (len * 2).max(MIN_SWEEP);
+    // Give memory back after a burst of keys: a table left mostly empty shrinks to
+    // twice what it holds, so idle keys cost nothing once swept.
+    if shard.map.capacity() > 4 * shard.sweep_at {
+        shard.map.shrink_to(shard.sweep_at, |slot| slot.hash);
+    }
 }
 
 pub(crate) struct ShardGuard<'a, V> {
