@@ -178,8 +178,9 @@ where
     }
 }
 
-/// How the inner part of the future ended, before the output type is applied.
-type Outcome<ResBody, E, St> = (Result<Response<ResBody>, Failure<E>>, Option<Refund<St>>);
+/// How the inner part of the future ended, before the output type is applied: a
+/// finished response, or a failure with what to refund if it was a local rejection.
+type Outcome<ResBody, E, St> = Result<Response<ResBody>, (Failure<E>, Option<Refund<St>>)>;
 
 impl<S, ReqBody, St, O, ResBody> ResponseFuture<S, Request<ReqBody>, St, O>
 where
@@ -220,7 +221,7 @@ where
                         }
                         Poll::Ready(Err(err)) => {
                             this.state.set(State::Rejected { error: None });
-                            return Poll::Ready((Err(Failure::Rejected(err)), None));
+                            return Poll::Ready(Err((Failure::Rejected(err), None)));
                         }
                         Poll::Pending => {
                             ready!(w.deadline.poll(cx));
@@ -228,19 +229,32 @@ where
                             let err = Error::new(ErrorKind::WaitExceeded).with_key(w.key.id());
                             // Dropping the wait gives its place back; nothing was taken.
                             this.state.set(State::Rejected { error: None });
-                            return Poll::Ready((Err(Failure::Rejected(err)), None));
+                            return Poll::Ready(Err((Failure::Rejected(err), None)));
                         }
                     }
                 }
                 StateProj::Calling { future, refund } => {
                     let result = ready!(future.poll(cx));
-                    return Poll::Ready((result.map_err(Failure::Inner), refund.take()));
+                    let refund = refund.take();
+                    return Poll::Ready(match result {
+                        Ok(mut response) => {
+                            Self::finish_response(
+                                this.quotas.as_ref(),
+                                this.report.as_deref(),
+                                *this.x_ratelimit,
+                                refund,
+                                &mut response,
+                            );
+                            Ok(response)
+                        }
+                        Err(err) => Err((Failure::Inner(err), refund)),
+                    });
                 }
                 StateProj::Rejected { error } => {
                     let error = error
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready((Err(Failure::Rejected(error)), None));
+                    return Poll::Ready(Err((Failure::Rejected(error), None)));
                 }
             }
         }
@@ -300,20 +314,11 @@ where
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (result, refund) = ready!(self.as_mut().poll_inner(cx));
+        let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {
-            Ok(mut response) => {
-                Self::finish_response(
-                    this.quotas.as_ref(),
-                    this.report.as_deref(),
-                    *this.x_ratelimit,
-                    refund,
-                    &mut response,
-                );
-                Ok(response)
-            }
-            Err(Failure::Inner(err)) => {
+            Ok(response) => Ok(response),
+            Err((Failure::Inner(err), refund)) => {
                 let err: BoxError = err.into();
                 let local = err
                     .downcast_ref::<Error>()
@@ -323,7 +328,7 @@ where
                 }
                 Err(err)
             }
-            Err(Failure::Rejected(err)) => Err(Box::new(err)),
+            Err((Failure::Rejected(err), _)) => Err(Box::new(err)),
         })
     }
 }
@@ -336,21 +341,12 @@ where
     type Output = Result<Response<ResponseBody<ResBody, ()>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (result, refund) = ready!(self.as_mut().poll_inner(cx));
+        let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {
-            Ok(mut response) => {
-                Self::finish_response(
-                    this.quotas.as_ref(),
-                    this.report.as_deref(),
-                    *this.x_ratelimit,
-                    refund,
-                    &mut response,
-                );
-                Ok(response.map(|body| ResponseBody::new(body, None)))
-            }
-            Err(Failure::Inner(err)) => Err(err),
-            Err(Failure::Rejected(err)) => {
+            Ok(response) => Ok(response.map(|body| ResponseBody::new(body, None))),
+            Err((Failure::Inner(err), _)) => Err(err),
+            Err((Failure::Rejected(err), _)) => {
                 let headers_for = err.clone();
                 let mut response = rejection_response(err, *this.status);
                 if *this.report_on {
