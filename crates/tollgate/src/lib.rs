@@ -51,6 +51,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod classify;
 pub mod concurrency;
 mod error;
 pub mod key;
