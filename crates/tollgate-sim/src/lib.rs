@@ -1,0 +1,41 @@
+//! Simulated upstream APIs that throttle like the real ones, for testing and measuring
+//! tollgate.
+//!
+//! Each simulator is a real HTTP server on loopback that enforces the documented limits
+//! of an API with its own, deliberately simple and exact counting (it never uses
+//! tollgate's limiters: a judge must not be built from what it judges), answers as the
+//! real API does (status, headers, body) and records what it saw: requests, `429`s,
+//! peak concurrency and the most requests in any window, per key.
+//!
+//! - [`GraphSim`]: Microsoft Graph mail, per-mailbox quota and concurrency, paged
+//!   listing and `$batch` (see [`graph`]).
+//!
+//! Windows are configurable durations, so a test or demo can run a 10-minute quota
+//! shrunk to a second.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_sim::GraphSim;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let sim = GraphSim::new()
+//!     .mailboxes(2)
+//!     .quota(50, Duration::from_secs(1))
+//!     .start()
+//!     .await?;
+//! println!("GET {}?$top=25", sim.messages_url("mailbox-1"));
+//! let stats = sim.shutdown().await;
+//! assert!(stats.totals.max_in_window <= stats.limit_in_window);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod graph;
+mod stats;
+mod window;
+
+pub use graph::{GraphSim, RunningSim};
+pub use stats::{KeyStats, SimStats, TimelineBucket};
