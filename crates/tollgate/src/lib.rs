@@ -59,6 +59,7 @@ pub mod quota;
 pub mod reject;
 pub mod store;
 
+pub use classify::{ThrottleClassifier, ThrottleClassifierLayer};
 pub use concurrency::{ConcurrencyPerKey, ConcurrencyPerKeyLayer};
 pub use error::{Error, ErrorKind};
 pub use quota::{QuotaWindow, QuotaWindowLayer};

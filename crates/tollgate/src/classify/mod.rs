@@ -1,10 +1,74 @@
 //! Throttle classification: read a response and say whether, how and for whom it was
 //! throttled.
 //!
-//! This module is the pure, synchronous half of `ThrottleClassifier`: functions from
-//! `(status, headers, body, now)` to an optional [`Throttle`] signal. Each [`Preset`]
-//! knows one family of APIs; [`Preset::needs_body`] tells a caller whether a response
-//! is worth reading the body of, so that bodies are read only for candidate responses.
+//! Two halves: pure, synchronous functions from `(status, headers, body, now)` to an
+//! optional [`Throttle`] signal, and the [`ThrottleClassifier`] layer that applies one
+//! to every response and attaches the signal to it. Each [`Preset`] knows one family of
+//! APIs; [`Preset::needs_body`] tells a caller whether a response is worth reading the
+//! body of, so that bodies are read only for candidate responses.
+//!
+//! # The layer
+//!
+//! [`ThrottleClassifierLayer`] classifies every response of the inner service with a
+//! [`ClassifyThrottle`] (a [`Preset`], `()`, or a closure) and inserts the [`Throttle`],
+//! if any, into the response's extensions, where the layers above read it:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::classify::{Throttle, ThrottleClassifierLayer, ThrottleKind};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let client = ServiceBuilder::new()
+//!     .layer(ThrottleClassifierLayer::telegram())
+//!     .service(service_fn(|_req: http::Request<String>| async {
+//!         let body = r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 4310","parameters":{"retry_after":4310}}"#;
+//!         let response = http::Response::builder()
+//!             .status(429)
+//!             .header("content-type", "application/json")
+//!             .body(String::from(body))?;
+//!         Ok::<_, tower::BoxError>(response)
+//!     }));
+//!
+//! let response = client.oneshot(http::Request::new(String::new())).await?;
+//! let throttle = response.extensions().get::<Throttle>().expect("a 429 is throttled");
+//! assert_eq!(throttle.kind(), ThrottleKind::Rate);
+//! assert_eq!(throttle.retry_after(), Some(Duration::from_secs(4310)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Bodies
+//!
+//! When the classifier's [`needs_body`](ClassifyThrottle::needs_body) says no (every
+//! `2xx`, and any response for [`Preset::Standard`] or a closure), the response is
+//! classified from its head and returned at once; its body is not touched. When it says
+//! yes, the response future reads frames until the body ends or
+//! [`body_cap`](ThrottleClassifierLayer::body_cap) data bytes ([`DEFAULT_BODY_CAP`],
+//! 16 KiB) are held, classifies with the first `body_cap` bytes, and returns a
+//! [`ClassifiedBody`] that replays the frames read (trailers included) and then the
+//! rest of the inner body: the caller receives exactly the bytes, frames and trailers
+//! the server sent. If the body fails while it is read, the response is classified from
+//! its head, and the caller gets the bytes read followed by that same error.
+//!
+//! Reading the body delays a candidate response until its body has ended or
+//! `body_cap` bytes have arrived (a server that stalls mid-body stalls the response:
+//! keep a timeout around the stack). Only candidate responses pay for it, with one
+//! allocation to move the pinned body into the returned one.
+//!
+//! ## Time, errors, `poll_ready`, sharing
+//!
+//! `now` is [`SystemTime::now`], used only to read HTTP dates; tests fix it with
+//! [`clock`](ThrottleClassifierLayer::clock). The layer never fails by itself: its
+//! error is the inner service's. `poll_ready` is the inner service's. The layer holds
+//! no state: clones share nothing but the classifier, which is cloned per request.
+//!
+//! # Order
+//!
+//! In a client stack it sits right above the client, under every limiting layer:
+//! `RetryAfterBackoff` → `QuotaWindow` → `ConcurrencyPerKey` → `ThrottleClassifier` →
+//! the client, so that every attempt, retries included, is classified.
 //!
 //! # Presets
 //!
@@ -59,7 +123,12 @@
 //! assert_eq!(throttle.retry_after(), Some(Duration::from_secs(4310)));
 //! ```
 
+mod body;
+mod classifier;
+pub mod future;
+mod layer;
 pub mod parse;
+mod service;
 mod signal;
 
 use std::time::{Duration, SystemTime};
@@ -67,7 +136,11 @@ use std::time::{Duration, SystemTime};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 
+pub use body::ClassifiedBody;
+pub use classifier::ClassifyThrottle;
+pub use layer::{DEFAULT_BODY_CAP, ThrottleClassifierLayer};
 pub use parse::MAX_HINT;
+pub use service::ThrottleClassifier;
 pub use signal::{Throttle, ThrottleKind, ThrottleScope, ThrottleSource};
 
 use parse::RateLimitHint;
@@ -422,5 +495,7 @@ fn announced_empty(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"0")
 }
 
+#[cfg(test)]
+mod layer_tests;
 #[cfg(test)]
 mod tests;
