@@ -15,6 +15,7 @@ use super::QuotaDecision;
 use super::headers;
 use super::layer::Config;
 use crate::body::ResponseBody;
+use crate::classify::{Throttle, ThrottleScope};
 use crate::key::Key;
 use crate::reject::{BoxError, Failure, Respond, Throw, rejection_response};
 use crate::store::{QuotaGrant, QuotaSet, QuotaStore};
@@ -35,6 +36,22 @@ impl<St: QuotaStore> Refund<St> {
             key,
             admitted_at: grant.admitted_at(),
             cost: grant.cost(),
+        }
+    }
+
+    /// Obeys a server's throttle signal found on the response: no request of this key
+    /// (or, for a global signal, of any key) is admitted until the server's hint.
+    fn obey(&self, throttle: &Throttle) {
+        let Some(after) = throttle.resume_after() else {
+            return; // no time given: the retry layer's own backoff applies
+        };
+        let until = Instant::now() + after;
+        tracing::debug!(target: "tollgate::quota", key = %self.key.id(), decision = "cooldown", scope = ?throttle.scope(), source = ?throttle.source(), wait = ?after);
+        match throttle.scope() {
+            ThrottleScope::Global => self.store.cooldown_all(until),
+            // A signal of unknown scope came on this key's response: this key waits
+            // (pausing every key on a guess would stall unrelated work).
+            _ => self.store.cooldown(&self.key, until),
         }
     }
 
@@ -270,6 +287,9 @@ where
         response: &mut Response<ResBody>,
     ) {
         let Some(quotas) = quotas else { return };
+        if let (Some(throttle), Some(refund)) = (response.extensions().get::<Throttle>(), &refund) {
+            refund.obey(throttle);
+        }
         let local = response
             .extensions()
             .get::<Error>()

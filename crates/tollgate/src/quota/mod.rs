@@ -62,6 +62,17 @@
 //! - **Cooldown**: [`QuotaWindow::cooldown`] (or the store's
 //!   [`cooldown`](crate::store::QuotaStore::cooldown)) admits nothing for a key until a
 //!   time, in both modes; other keys are untouched. `cooldown_all` holds every key.
+//! - **Obeying the server**: when a response carries a
+//!   [`Throttle`](crate::classify::Throttle) (put there by a
+//!   [`ThrottleClassifier`](crate::classify::ThrottleClassifier) further in) with a time
+//!   ([`resume_after`](crate::classify::Throttle::resume_after): a `Retry-After`, a body's
+//!   `retry_after`, or a reset with nothing remaining, as in `RateLimit: "q";r=0;t=30`),
+//!   the key cools down until then: queued and new requests of that key wait (or fail
+//!   if that exceeds their `max_wait`), other keys go on. Scope global cools down every
+//!   key of the store; an unknown scope cools down the key whose response carried it.
+//!   When the cooldown ends, queued requests are released in order and spaced as
+//!   above. The cooldown ends exactly at the server's hint: upward jitter across a
+//!   fleet belongs to a shared store.
 //!
 //! # Order and sharing
 //!

@@ -331,3 +331,110 @@ async fn a_wait_known_to_exceed_max_wait_fails_at_once() {
         Some(60 * SEC)
     );
 }
+
+mod obeying_the_server {
+    use super::*;
+    use crate::classify::{Throttle, ThrottleKind, ThrottleScope, ThrottleSource};
+
+    /// Answers the next request that reaches the mock with `throttle` attached.
+    async fn answer_with(handle: &mut mock::Handle<Req, Res>, throttle: Throttle) {
+        let (_, send) = handle.next_request().await.unwrap();
+        let mut response = Response::new("throttled");
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        response.extensions_mut().insert(throttle);
+        send.send_response(response);
+    }
+
+    fn signal(scope: ThrottleScope) -> Throttle {
+        Throttle::new(ThrottleKind::Rate, scope, ThrottleSource::RetryAfter)
+            .with_retry_after(10 * SEC)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_throttle_holds_that_key_until_the_hint_and_no_other() {
+        let layer = QuotaWindowLayer::new(fixed(100, SEC), Header::new("x-key"))
+            .release_spacing(Duration::ZERO);
+        let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = task::spawn(svc.call(req("a")));
+        assert_pending!(first.poll());
+        answer_with(&mut handle, signal(ThrottleScope::Key)).await;
+        assert_eq!(
+            assert_ready_ok!(first.poll()).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+
+        let start = Instant::now();
+        call_through(&mut svc, &mut handle, "b").await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "another key was held");
+        call_through(&mut svc, &mut handle, "a").await.unwrap();
+        assert_eq!(start.elapsed(), 10 * SEC, "the key went before the hint");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_global_throttle_holds_every_key() {
+        let layer = QuotaWindowLayer::new(fixed(100, SEC), Header::new("x-key")).reject();
+        let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = task::spawn(svc.call(req("a")));
+        assert_pending!(first.poll());
+        answer_with(&mut handle, signal(ThrottleScope::Global)).await;
+        assert_ready_ok!(first.poll());
+        let err = call_through(&mut svc, &mut handle, "b").await.unwrap_err();
+        assert_eq!(kind(&err), ErrorKind::Throttled);
+        assert_eq!(
+            err.downcast_ref::<Error>().unwrap().retry_after(),
+            Some(10 * SEC)
+        );
+        tokio::time::advance(10 * SEC).await;
+        call_through(&mut svc, &mut handle, "b").await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_that_says_nothing_remains_clamps_the_key_until_its_reset() {
+        let layer = QuotaWindowLayer::new(fixed(100, SEC), Header::new("x-key")).reject();
+        let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = task::spawn(svc.call(req("a")));
+        assert_pending!(first.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        let mut response = Response::new("ok");
+        response.extensions_mut().insert(
+            Throttle::new(
+                ThrottleKind::Quota,
+                ThrottleScope::Key,
+                ThrottleSource::RateLimit,
+            )
+            .with_remaining(0)
+            .with_reset_after(30 * SEC),
+        );
+        send.send_response(response);
+        assert_eq!(assert_ready_ok!(first.poll()).status(), StatusCode::OK);
+        let err = call_through(&mut svc, &mut handle, "a").await.unwrap_err();
+        assert_eq!(kind(&err), ErrorKind::Throttled);
+        assert_eq!(
+            err.downcast_ref::<Error>().unwrap().retry_after(),
+            Some(30 * SEC)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_without_a_time_leaves_the_key_alone() {
+        let layer = QuotaWindowLayer::new(fixed(100, SEC), Header::new("x-key")).reject();
+        let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = task::spawn(svc.call(req("a")));
+        assert_pending!(first.poll());
+        answer_with(
+            &mut handle,
+            Throttle::new(
+                ThrottleKind::Overload,
+                ThrottleScope::Unknown,
+                ThrottleSource::Status,
+            ),
+        )
+        .await;
+        assert_ready_ok!(first.poll());
+        call_through(&mut svc, &mut handle, "a").await.unwrap();
+    }
+}
