@@ -13,9 +13,10 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
+use crate::classify::{Throttle, ThrottleKind};
 use crate::key::KeyId;
 use crate::reject::{BoxError, Failure, Respond, Throw};
-use crate::store::ConcurrencyStore;
+use crate::store::{ConcurrencyFeedback, ConcurrencyStore};
 use crate::{Error, ErrorKind};
 
 pin_project! {
@@ -185,6 +186,9 @@ where
                     let permit = permit.take();
                     return Poll::Ready(match result {
                         Ok(response) => {
+                            if let Some(permit) = &permit {
+                                feedback(permit, &response);
+                            }
                             let guard = if *this.release_on_body { permit } else { None };
                             Ok(response.map(|body| ResponseBody::new(body, guard)))
                         }
@@ -226,6 +230,20 @@ where
         let status = self.status;
         self.poll_inner(cx)
             .map(|result| result.or_else(|failure| failure.respond(status)))
+    }
+}
+
+/// Adaptive limits: a concurrency throttle on the response (Graph's MailboxConcurrency,
+/// recognised by a [`ThrottleClassifier`](crate::classify::ThrottleClassifier) further
+/// in) lowers the key's limit in force; a success recovers it.
+fn feedback<P: ConcurrencyFeedback, B>(permit: &P, response: &Response<B>) {
+    match response.extensions().get::<Throttle>() {
+        Some(throttle) if throttle.kind() == ThrottleKind::Concurrency => {
+            tracing::debug!(target: "tollgate::concurrency", decision = "congested", source = ?throttle.source());
+            permit.congested();
+        }
+        None if response.status().is_success() => permit.succeeded(),
+        _ => {}
     }
 }
 

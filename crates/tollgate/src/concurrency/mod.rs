@@ -73,6 +73,18 @@
 //! head arrives instead. The slot is also freed when the inner service fails, and when
 //! the response future is dropped (cancellation) at any point: nothing leaks.
 //!
+//! # Adaptive limits
+//!
+//! When a response carries a [`Throttle`](crate::classify::Throttle) of kind
+//! [`Concurrency`](crate::classify::ThrottleKind::Concurrency) (Graph's
+//! `ApplicationThrottled` / MailboxConcurrency, recognised by a
+//! [`ThrottleClassifier`](crate::classify::ThrottleClassifier) further in), the key's
+//! limit in force is halved (at least 1), once per burst: the permits admitted before a
+//! decrease cannot decrease it again. Each round of successes as long as the limit in
+//! force raises it by one, up to the configured limit and never above.
+//! [`ConcurrencySnapshot::effective_limit`](crate::store::ConcurrencySnapshot::effective_limit)
+//! shows it. A key whose limit is lowered is not evicted until it has recovered.
+//!
 //! # poll_ready and the inner service
 //!
 //! Per-key capacity cannot be reserved in `poll_ready`, because the key is only known in

@@ -394,3 +394,52 @@ async fn a_body_that_knows_its_end_frees_the_slot_with_its_last_frame() {
     assert_eq!(in_flight(&store, "a"), 0);
     let _: Option<Frame<Bytes>> = None;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_mailbox_concurrency_answer_lowers_the_keys_limit_and_successes_restore_it() {
+    use crate::classify::{Throttle, ThrottleKind, ThrottleScope, ThrottleSource};
+    let layer = layer(4).reject();
+    let store = layer.get_store().clone();
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let effective = || {
+        store
+            .concurrency_snapshot(&Key::from_static("a"))
+            .unwrap()
+            .effective_limit
+    };
+    assert_ready_ok!(svc.poll_ready());
+    let mut f = task::spawn(svc.call(req("a")));
+    assert_pending!(f.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    let mut throttled = Response::new(String::new());
+    *throttled.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    throttled.extensions_mut().insert(Throttle::new(
+        ThrottleKind::Concurrency,
+        ThrottleScope::Key,
+        ThrottleSource::GraphBody,
+    ));
+    send.send_response(throttled);
+    drop(assert_ready_ok!(f.poll()));
+    assert_eq!(effective(), 2);
+
+    // Two in flight now fill the key; a third is refused.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        assert_ready_ok!(svc.poll_ready());
+        let mut f = task::spawn(svc.call(req("a")));
+        assert_pending!(f.poll());
+        held.push((f, handle.next_request().await.unwrap().1));
+    }
+    assert_ready_ok!(svc.poll_ready());
+    let mut third = task::spawn(svc.call(req("a")));
+    assert_eq!(
+        kind(&assert_ready_err!(third.poll())),
+        ErrorKind::ConcurrencyLimited
+    );
+    // Their successes are a round at the lowered limit: one slot comes back.
+    for (mut f, send) in held {
+        send.send_response(Response::new(String::new()));
+        drop(assert_ready_ok!(f.poll()));
+    }
+    assert_eq!(effective(), 3);
+}

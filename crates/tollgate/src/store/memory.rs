@@ -123,6 +123,7 @@ impl MemoryStore {
             in_flight,
             waiting: slot.lock_queue().len(),
             limit: slot.limit.load(Ordering::Relaxed),
+            effective_limit: slot.effective(),
         })
     }
 
@@ -171,6 +172,8 @@ pub struct ConcurrencySnapshot {
     pub waiting: usize,
     /// The limit the latest request for this key was admitted under.
     pub limit: u32,
+    /// The limit in force: `limit`, or lower after the server signalled congestion.
+    pub effective_limit: u32,
 }
 
 /// One key's slots.
@@ -179,10 +182,17 @@ pub struct ConcurrencySnapshot {
 /// one compare-and-swap can check both: a request may take a slot without the queue
 /// lock only when nobody waits, which keeps admission strictly first come, first
 /// served. The waiter count changes only with the queue locked.
+///
+/// `learned` is the limit lowered by congestion signals (0: not lowered); the limit in
+/// force is the smaller of it and the configured `limit`. `generation` counts
+/// decreases, so that the permits of one burst lower the limit once, not once each.
 #[derive(Default)]
 struct ConcSlot {
     word: AtomicU64,
     limit: AtomicU32,
+    learned: AtomicU32,
+    generation: AtomicU32,
+    successes: AtomicU32,
     queue: Mutex<VecDeque<Arc<Waiter>>>,
 }
 
@@ -196,13 +206,62 @@ impl Fresh for Arc<ConcSlot> {
     fn is_fresh(&self, _now: u64) -> bool {
         // Callers hold the shard lock, and new references are only made under it: a
         // count of one means no permit, waiter or admission in progress refers to it.
-        Arc::strong_count(self) == 1 && self.word.load(Ordering::Acquire) == 0
+        Arc::strong_count(self) == 1
+            && self.word.load(Ordering::Acquire) == 0
+            && self.learned.load(Ordering::Relaxed) == 0
     }
 }
 
 impl ConcSlot {
     fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Arc<Waiter>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The limit in force: the configured one, or lower after congestion.
+    fn effective(&self) -> u32 {
+        let limit = self.limit.load(Ordering::Relaxed);
+        match self.learned.load(Ordering::Relaxed) {
+            0 => limit,
+            learned => limit.min(learned),
+        }
+    }
+
+    /// Multiplicative decrease, once per generation of permits.
+    fn congested(&self, generation: u32) {
+        if self
+            .generation
+            .compare_exchange(
+                generation,
+                generation.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            let lowered = (self.effective() / 2).max(1);
+            self.learned.store(lowered, Ordering::Relaxed);
+            self.successes.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Additive increase: one more slot after a round of successes as long as the
+    /// limit in force, until the configured limit is back.
+    fn succeeded(&self) {
+        let learned = self.learned.load(Ordering::Relaxed);
+        if learned == 0 {
+            return;
+        }
+        if self.successes.fetch_add(1, Ordering::Relaxed) + 1 < learned {
+            return;
+        }
+        self.successes.store(0, Ordering::Relaxed);
+        let raised = learned + 1;
+        let restored = raised >= self.limit.load(Ordering::Relaxed);
+        self.learned
+            .store(if restored { 0 } else { raised }, Ordering::Relaxed);
+        let mut wake = Wakers::default();
+        self.grant_locked(&mut self.lock_queue(), &mut wake);
+        wake.wake();
     }
 
     /// Takes a slot if nobody waits and one is free.
@@ -227,7 +286,7 @@ impl ConcSlot {
 
     /// Hands free slots to waiters, in order. The queue must be locked.
     fn grant_locked(&self, queue: &mut VecDeque<Arc<Waiter>>, wake: &mut Wakers) {
-        let limit = self.limit.load(Ordering::Relaxed);
+        let limit = self.effective();
         while !queue.is_empty() {
             let word = self.word.load(Ordering::Acquire);
             if split(word).0 >= limit {
@@ -353,8 +412,8 @@ impl ConcurrencyStore for MemoryStore {
             slot.grant_locked(&mut slot.lock_queue(), &mut wake);
             wake.wake();
         }
-        if slot.try_take(limit) {
-            return Admission::Ready(MemoryPermit { slot });
+        if slot.try_take(slot.effective()) {
+            return Admission::Ready(MemoryPermit::new(slot));
         }
         let max_queue = match policy {
             WaitPolicy::Reject => {
@@ -392,6 +451,24 @@ impl ConcurrencyStore for MemoryStore {
 /// A slot of a key in a [`MemoryStore`]; dropping it frees the slot.
 pub struct MemoryPermit {
     slot: Arc<ConcSlot>,
+    generation: u32,
+}
+
+impl MemoryPermit {
+    fn new(slot: Arc<ConcSlot>) -> Self {
+        let generation = slot.generation.load(Ordering::Relaxed);
+        MemoryPermit { slot, generation }
+    }
+}
+
+impl super::ConcurrencyFeedback for MemoryPermit {
+    fn congested(&self) {
+        self.slot.congested(self.generation);
+    }
+
+    fn succeeded(&self) {
+        self.slot.succeeded();
+    }
 }
 
 impl Drop for MemoryPermit {
@@ -432,7 +509,7 @@ impl Future for MemoryAcquire {
             }
         }
         let slot = self.slot.take().expect("checked above");
-        Poll::Ready(Ok(MemoryPermit { slot }))
+        Poll::Ready(Ok(MemoryPermit::new(slot)))
     }
 }
 
@@ -610,6 +687,52 @@ mod tests {
         assert!(w.is_woken());
         let _pw = assert_ready_ok!(w.poll());
         assert_eq!(rejected(newcomer), ErrorKind::ConcurrencyLimited);
+    }
+
+    #[test]
+    fn congestion_halves_the_limit_once_per_burst_and_successes_restore_it() {
+        use crate::store::ConcurrencyFeedback;
+        let store = MemoryStore::new();
+        let a = Key::from_static("a");
+        let effective = || store.concurrency_snapshot(&a).unwrap().effective_limit;
+        let burst: Vec<_> = (0..4)
+            .map(|_| ready(store.acquire(&a, 4, WaitPolicy::Reject)))
+            .collect();
+        // All four were refused for concurrency by the server: one halving, not four.
+        burst.iter().for_each(ConcurrencyFeedback::congested);
+        assert_eq!(effective(), 2);
+        drop(burst);
+        let p1 = ready(store.acquire(&a, 4, WaitPolicy::Reject));
+        let _p2 = ready(store.acquire(&a, 4, WaitPolicy::Reject));
+        assert_eq!(
+            rejected(store.acquire(&a, 4, WaitPolicy::Reject)),
+            ErrorKind::ConcurrencyLimited
+        );
+        // A permit of the new generation may lower it again.
+        p1.congested();
+        assert_eq!(effective(), 1);
+        // Additive recovery: a round of successes as long as the limit raises it by one.
+        drop(p1);
+        drop(_p2);
+        let mut rounds = 0;
+        while effective() < 4 {
+            let p = ready(store.acquire(&a, 4, WaitPolicy::Reject));
+            p.succeeded();
+            rounds += 1;
+            assert!(rounds < 20, "never recovered");
+        }
+        assert_eq!(
+            rounds,
+            1 + 2 + 3,
+            "one round of 1, then 2, then 3 successes"
+        );
+        // Recovered: never above the configured limit, and the key is fresh again.
+        let p = ready(store.acquire(&a, 4, WaitPolicy::Reject));
+        p.succeeded();
+        assert_eq!(effective(), 4);
+        drop(p);
+        store.evict_idle();
+        assert!(store.is_empty());
     }
 
     #[test]

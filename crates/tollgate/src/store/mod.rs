@@ -56,6 +56,19 @@ pub enum WaitPolicy {
     },
 }
 
+/// What the server said about a request that held a slot, for adaptive limits.
+///
+/// Both methods default to doing nothing, for stores without adaptive limits.
+pub trait ConcurrencyFeedback {
+    /// The server refused the request for concurrency (Graph's MailboxConcurrency):
+    /// lower the key's limit in force, multiplicatively, once per burst.
+    fn congested(&self) {}
+
+    /// The request succeeded: recover the key's limit in force additively, never above
+    /// the configured limit.
+    fn succeeded(&self) {}
+}
+
 /// Per-key in-flight slots: at most `limit` permits alive per key.
 ///
 /// # Contract
@@ -72,7 +85,7 @@ pub enum WaitPolicy {
 ///   shared data structure.
 pub trait ConcurrencyStore: Clone + Send + Sync + 'static {
     /// Proof of a slot; dropping it releases the slot.
-    type Permit: Send + 'static;
+    type Permit: ConcurrencyFeedback + Send + 'static;
     /// The wait for a slot.
     type Acquire: Future<Output = Result<Self::Permit, Error>> + Send;
 
