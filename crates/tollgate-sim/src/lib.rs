@@ -9,6 +9,11 @@
 //!
 //! - [`GraphSim`]: Microsoft Graph mail, per-mailbox quota and concurrency, paged
 //!   listing and `$batch` (see [`graph`]).
+//! - [`TelegramSim`]: the Telegram Bot API's `sendMessage`, per-chat, per-group and
+//!   per-bot limits, `retry_after` and long flood waits (see [`telegram`]).
+//! - [`ChatSim`]: Google Chat messages and spaces, per-space and per-project quotas for
+//!   reads and writes, space creation under two windows at once, `RESOURCE_EXHAUSTED`
+//!   with `RetryInfo` (see [`chat`]).
 //!
 //! Windows are configurable durations, so a test or demo can run a 10-minute quota
 //! shrunk to a second.
@@ -33,9 +38,14 @@
 //! # }
 //! ```
 
+pub mod chat;
 pub mod graph;
+mod serve;
 mod stats;
+pub mod telegram;
 mod window;
 
+pub use chat::{ChatSim, ChatStats, ProjectStats, RunningChatSim, SpaceStats};
 pub use graph::{GraphSim, RunningSim};
-pub use stats::{KeyStats, SimStats, TimelineBucket};
+pub use stats::{KeyStats, Limit, SimStats, TimelineBucket};
+pub use telegram::{RunningTelegramSim, TelegramSim, TelegramStats};

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Counters of one key (for the Graph simulator: one mailbox), or totals over keys.
+/// Counters of one key (a Graph mailbox, a Telegram chat, a Chat space's reads or
+/// writes, ...), or totals over keys.
 ///
 /// Everything here is measured by the server from its own arrival times, not reported
 /// by the client.
@@ -14,21 +15,25 @@ pub struct KeyStats {
     pub requests: u64,
     /// Requests answered with a success.
     pub ok: u64,
-    /// Requests answered `429` because the quota was exhausted (`TooManyRequests`).
+    /// Requests answered `429` because a quota was exhausted (Graph's
+    /// `TooManyRequests`; for Telegram and Chat every `429`, flood waits included).
     pub throttled_quota: u64,
-    /// Requests answered `429` because too many were in flight (`ApplicationThrottled`).
+    /// Requests answered `429` because too many were in flight (Graph's
+    /// `ApplicationThrottled`; always 0 for the simulators without a concurrency limit).
     pub throttled_concurrency: u64,
     /// The most requests open at the server at once, the arriving one included: a
     /// client that sends 5 at once against a limit of 4 shows 5 here.
     ///
-    /// In totals: the maximum over keys.
+    /// In totals: the maximum over keys. Only the Graph simulator tracks it (0
+    /// elsewhere).
     pub peak_concurrency: u64,
     /// The most requests received in any window of the configured length (rejected
     /// ones included). A client that respects the quota shows at most the quota here.
     ///
     /// In totals: the maximum over keys.
     pub max_in_window: u64,
-    /// Messages returned in successful responses.
+    /// Messages returned (Graph listings, Chat reads) or delivered (Telegram sends,
+    /// Chat writes) in successful responses.
     pub messages_served: u64,
 }
 
@@ -75,6 +80,25 @@ pub struct SimStats {
     /// [`GraphSim::timeline_bucket`](crate::GraphSim::timeline_bucket)) from the
     /// server's start, all mailboxes together; empty buckets included.
     pub timeline: Vec<TimelineBucket>,
+}
+
+/// One configured quota: at most `limit` requests in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limit {
+    /// Requests allowed in any window.
+    pub limit: u64,
+    /// The window length.
+    pub window: Duration,
+}
+
+impl Limit {
+    pub(crate) fn new(limit: usize, window: Duration) -> Self {
+        Self {
+            limit: limit as u64,
+            window,
+        }
+    }
 }
 
 /// Requests the server received in one time bucket.

@@ -153,6 +153,78 @@ impl KeyState {
     }
 }
 
+/// A quota of `limit` arrivals in any window, judged on the arrivals it admitted
+/// (rejected arrivals are not counted).
+#[derive(Debug)]
+pub(crate) struct Quota {
+    limit: usize,
+    admitted: ArrivalLog,
+}
+
+impl Quota {
+    pub(crate) fn new(limit: usize, window: Duration) -> Self {
+        Self {
+            limit,
+            admitted: ArrivalLog::new(window),
+        }
+    }
+
+    /// How long from `now` until this quota admits one more arrival (zero: it does
+    /// now), assuming nothing else arrives.
+    pub(crate) fn wait(&mut self, now: Instant) -> Duration {
+        self.admitted.expire(now);
+        self.admitted.wait_until_below(self.limit, now)
+    }
+}
+
+/// Admits an arrival at `now` only if every quota does, and then counts it in all of
+/// them. Otherwise counts it in none and returns the exact wait: the longest of the
+/// quotas' waits, after which all of them admit (if nothing else arrives meanwhile),
+/// since a quota's wait only shrinks as time passes.
+pub(crate) fn admit_all(quotas: &mut [&mut Quota], now: Instant) -> Result<(), Duration> {
+    let wait = quotas
+        .iter_mut()
+        .map(|quota| quota.wait(now))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    if !wait.is_zero() {
+        return Err(wait);
+    }
+    for quota in quotas {
+        quota.admitted.record(now);
+    }
+    Ok(())
+}
+
+/// The most arrivals seen in any window of one length (rejected ones included), for
+/// the `max_in_window` statistics.
+#[derive(Debug)]
+pub(crate) struct PeakWindow {
+    seen: ArrivalLog,
+    max: u64,
+}
+
+impl PeakWindow {
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            seen: ArrivalLog::new(window),
+            max: 0,
+        }
+    }
+
+    /// Records an arrival at `now` and returns the maximum so far.
+    pub(crate) fn see(&mut self, now: Instant) -> u64 {
+        let in_window = self.seen.record(now) as u64;
+        self.max = self.max.max(in_window);
+        self.max
+    }
+
+    /// The most arrivals seen in any window so far.
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+}
+
 /// `Retry-After` seconds for a wait: rounded up, at least 1, so that a client that
 /// honours it never comes back early.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
@@ -268,6 +340,45 @@ mod tests {
             hit(&mut s, t0 + ms * MS, &l);
         }
         assert_eq!(s.stats.max_in_window, 4);
+    }
+
+    #[test]
+    fn admit_all_counts_only_when_every_quota_admits_and_tells_the_longest_wait() {
+        let t0 = Instant::now();
+        let mut short = Quota::new(1, 1000 * MS);
+        let mut long = Quota::new(2, 5000 * MS);
+        assert_eq!(admit_all(&mut [&mut short, &mut long], t0), Ok(()));
+        // The short window is full for 1 s more.
+        assert_eq!(
+            admit_all(&mut [&mut short, &mut long], t0 + 200 * MS),
+            Err(800 * MS)
+        );
+        assert_eq!(
+            admit_all(&mut [&mut short, &mut long], t0 + 1000 * MS),
+            Ok(())
+        );
+        // Now the long window is full until the first arrival leaves it at 5 s.
+        assert_eq!(
+            admit_all(&mut [&mut short, &mut long], t0 + 2000 * MS),
+            Err(3000 * MS)
+        );
+        // The rejection counted nowhere: the short quota still admits at 5 s.
+        assert_eq!(
+            admit_all(&mut [&mut short, &mut long], t0 + 5000 * MS),
+            Ok(())
+        );
+        assert_eq!(admit_all(&mut [], t0), Ok(()));
+    }
+
+    #[test]
+    fn peak_window_keeps_the_most_arrivals_in_any_window() {
+        let t0 = Instant::now();
+        let mut peak = PeakWindow::new(1000 * MS);
+        for ms in [0, 100, 200] {
+            peak.see(t0 + ms * MS);
+        }
+        assert_eq!(peak.see(t0 + 1150 * MS), 3);
+        assert_eq!(peak.max(), 3);
     }
 
     #[test]

@@ -1,0 +1,439 @@
+//! The Telegram simulator's HTTP side: routing, request parsing and admission.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State as AxumState};
+use axum::response::Response;
+use axum::routing::post;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{TelegramStats, body};
+use crate::stats::{KeyStats, Limit, TimelineBucket, record_arrival};
+use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
+
+/// The longest text `sendMessage` accepts, in characters.
+const MAX_TEXT_CHARS: usize = 4096;
+
+/// The configured limits.
+pub(crate) struct Config {
+    pub(crate) per_chat: (usize, Duration),
+    pub(crate) per_group: (usize, Duration),
+    pub(crate) overall: (usize, Duration),
+    pub(crate) flood_wait: Option<Duration>,
+    pub(crate) flood_after: u32,
+}
+
+/// State shared by every handler of one running simulator.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) latency: Duration,
+    pub(crate) started: Instant,
+    pub(crate) timeline_bucket: Duration,
+    pub(crate) state: Mutex<State>,
+}
+
+/// Everything counted, behind one lock.
+#[derive(Default)]
+pub(crate) struct State {
+    /// By bot token and chat: the limits are per bot.
+    chats: BTreeMap<(String, String), ChatState>,
+    bots: BTreeMap<String, BotState>,
+    flood_waits: u64,
+    bad_requests: u64,
+    not_found: u64,
+    timeline: Vec<TimelineBucket>,
+}
+
+struct ChatState {
+    quota: Quota,
+    peak: PeakWindow,
+    /// For group chats: the group quota and its peak.
+    group: Option<(Quota, PeakWindow)>,
+    /// `429`s in a row.
+    violations: u32,
+    flooded_until: Option<Instant>,
+    next_message_id: u64,
+    stats: KeyStats,
+}
+
+struct BotState {
+    quota: Quota,
+    peak: PeakWindow,
+    stats: KeyStats,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stats(&self) -> TelegramStats {
+        let state = self.lock();
+        let mut per_chat = BTreeMap::<String, KeyStats>::new();
+        for ((_, id), chat) in &state.chats {
+            per_chat
+                .entry(id.clone())
+                .or_default()
+                .accumulate(&chat.stats);
+        }
+        let mut overall = KeyStats::default();
+        let per_bot = state
+            .bots
+            .iter()
+            .map(|(token, bot)| {
+                overall.accumulate(&bot.stats);
+                (token.clone(), bot.stats)
+            })
+            .collect();
+        let (per_chat_limit, per_group_limit, overall_limit) = (
+            Limit::new(self.config.per_chat.0, self.config.per_chat.1),
+            Limit::new(self.config.per_group.0, self.config.per_group.1),
+            Limit::new(self.config.overall.0, self.config.overall.1),
+        );
+        TelegramStats {
+            per_chat,
+            per_bot,
+            overall,
+            group_max_in_window: state
+                .chats
+                .values()
+                .filter_map(|c| c.group.as_ref().map(|(_, peak)| peak.max()))
+                .max()
+                .unwrap_or(0),
+            flood_waits: state.flood_waits,
+            bad_requests: state.bad_requests,
+            not_found: state.not_found,
+            per_chat_limit,
+            per_group_limit,
+            overall_limit,
+            timeline: state.timeline.clone(),
+        }
+    }
+
+    /// Decides on one message to `chat` from bot `token` arriving now: `Ok(message_id)`
+    /// or `Err(retry_after seconds)`.
+    fn admit(&self, token: &str, chat: &ChatId) -> Result<u64, u64> {
+        let now = Instant::now();
+        let config = &self.config;
+        let mut guard = self.lock();
+        let State {
+            chats,
+            bots,
+            flood_waits,
+            timeline,
+            ..
+        } = &mut *guard;
+        let bot = bots.entry(token.to_owned()).or_insert_with(|| BotState {
+            quota: Quota::new(config.overall.0, config.overall.1),
+            peak: PeakWindow::new(config.overall.1),
+            stats: KeyStats::default(),
+        });
+        let key = (token.to_owned(), chat.key.clone());
+        let state = chats.entry(key).or_insert_with(|| ChatState {
+            quota: Quota::new(config.per_chat.0, config.per_chat.1),
+            peak: PeakWindow::new(config.per_chat.1),
+            group: chat.is_group().then(|| {
+                (
+                    Quota::new(config.per_group.0, config.per_group.1),
+                    PeakWindow::new(config.per_group.1),
+                )
+            }),
+            violations: 0,
+            flooded_until: None,
+            next_message_id: 1,
+            stats: KeyStats::default(),
+        });
+        bot.stats.requests += 1;
+        bot.stats.max_in_window = bot.peak.see(now);
+        state.stats.requests += 1;
+        state.stats.max_in_window = state.peak.see(now);
+        if let Some((_, peak)) = &mut state.group {
+            peak.see(now);
+        }
+
+        let decision = match state.flooded_until {
+            Some(until) if now < until => {
+                *flood_waits += 1;
+                Err(until - now)
+            }
+            _ => {
+                state.flooded_until = None;
+                let mut quotas = vec![&mut state.quota, &mut bot.quota];
+                if let Some((group, _)) = &mut state.group {
+                    quotas.push(group);
+                }
+                admit_all(&mut quotas, now).map_err(|wait| {
+                    state.violations += 1;
+                    match config.flood_wait {
+                        Some(flood) if state.violations >= config.flood_after => {
+                            // Never shorter than the quota's own wait, so the end of
+                            // the flood wait is a time the message is admitted.
+                            let flood = flood.max(wait);
+                            state.flooded_until = Some(now + flood);
+                            state.violations = 0;
+                            *flood_waits += 1;
+                            flood
+                        }
+                        _ => wait,
+                    }
+                })
+            }
+        };
+        record_arrival(
+            timeline,
+            self.timeline_bucket,
+            now.saturating_duration_since(self.started),
+            decision.is_ok(),
+        );
+        match decision {
+            Ok(()) => {
+                state.violations = 0;
+                for stats in [&mut state.stats, &mut bot.stats] {
+                    stats.ok += 1;
+                    stats.messages_served += 1;
+                }
+                let id = state.next_message_id;
+                state.next_message_id += 1;
+                Ok(id)
+            }
+            Err(wait) => {
+                state.stats.throttled_quota += 1;
+                bot.stats.throttled_quota += 1;
+                Err(retry_after_secs(wait))
+            }
+        }
+    }
+}
+
+/// The router of the Telegram simulator.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{bot}/sendMessage", post(send_message))
+        .fallback(fallback)
+        .with_state(shared)
+}
+
+fn respond(status: StatusCode, retry_after: Option<u64>, body: &Value) -> Response {
+    let mut builder = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(secs) = retry_after {
+        builder = builder.header(RETRY_AFTER, secs);
+    }
+    builder
+        .body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn not_found(shared: &Shared) -> Response {
+    shared.lock().not_found += 1;
+    respond(StatusCode::NOT_FOUND, None, &body::error(404, "Not Found"))
+}
+
+async fn fallback(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    not_found(&shared)
+}
+
+/// A normalised chat id: the map key, and the id as the answer echoes it.
+#[derive(Debug, PartialEq)]
+struct ChatId {
+    key: String,
+    json: Value,
+}
+
+impl ChatId {
+    fn parse(value: &Value) -> Option<Self> {
+        match value {
+            Value::Number(n) => n.as_i64().map(Self::numeric),
+            Value::String(s) => Self::parse_str(s),
+            _ => None,
+        }
+    }
+
+    fn parse_str(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<i64>() {
+            return Some(Self::numeric(n));
+        }
+        (s.len() > 1 && s.starts_with('@')).then(|| Self {
+            key: s.to_owned(),
+            json: s.into(),
+        })
+    }
+
+    fn numeric(n: i64) -> Self {
+        Self {
+            key: n.to_string(),
+            json: n.into(),
+        }
+    }
+
+    /// Negative ids are groups, supergroups and channels; so are `@username`s.
+    fn is_group(&self) -> bool {
+        self.key.starts_with('-') || self.key.starts_with('@')
+    }
+
+    fn chat_type(&self) -> &'static str {
+        if self.key.starts_with('@') {
+            "channel"
+        } else if self.key.starts_with("-100") {
+            "supergroup"
+        } else if self.key.starts_with('-') {
+            "group"
+        } else {
+            "private"
+        }
+    }
+}
+
+/// `chat_id` and `text` from a JSON or form-encoded body.
+fn parse_params(headers: &HeaderMap, body: &[u8]) -> Result<(ChatId, String), &'static str> {
+    let form = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let (chat_id, text) = if form {
+        let mut chat_id = None;
+        let mut text = None;
+        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let pair = String::from_utf8_lossy(pair).replace('+', " ");
+            let (key, value) = pair.split_once('=').unwrap_or((&pair, ""));
+            let value = percent_decode_str(value).decode_utf8_lossy().into_owned();
+            match key {
+                "chat_id" => chat_id = Some(Value::String(value)),
+                "text" => text = Some(value),
+                _ => {}
+            }
+        }
+        (chat_id, text)
+    } else {
+        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        (
+            value.get("chat_id").cloned(),
+            value.get("text").and_then(Value::as_str).map(str::to_owned),
+        )
+    };
+    let chat_id = match chat_id {
+        None | Some(Value::Null) => return Err("Bad Request: chat_id is empty"),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err("Bad Request: chat_id is empty");
+        }
+        Some(value) => ChatId::parse(&value).ok_or("Bad Request: chat not found")?,
+    };
+    let text = text.unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err("Bad Request: message text is empty");
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err("Bad Request: message is too long");
+    }
+    Ok((chat_id, text))
+}
+
+/// `POST /bot{token}/sendMessage`.
+async fn send_message(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    Path(bot): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = bot.strip_prefix("bot").filter(|t| !t.is_empty()) else {
+        return not_found(&shared);
+    };
+    let (chat, text) = match parse_params(&headers, &body) {
+        Ok(params) => params,
+        Err(description) => {
+            shared.lock().bad_requests += 1;
+            return respond(
+                StatusCode::BAD_REQUEST,
+                None,
+                &body::error(400, description),
+            );
+        }
+    };
+    match shared.admit(token, &chat) {
+        Ok(message_id) => {
+            if !shared.latency.is_zero() {
+                tokio::time::sleep(shared.latency).await;
+            }
+            let date = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            respond(
+                StatusCode::OK,
+                None,
+                &body::sent(message_id, date, &chat.json, chat.chat_type(), &text),
+            )
+        }
+        Err(secs) => respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(secs),
+            &body::too_many_requests(secs),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(content_type: &str, body: &str) -> Result<(ChatId, String), &'static str> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, content_type.parse().expect("header"));
+        parse_params(&headers, body.as_bytes())
+    }
+
+    #[test]
+    fn chat_ids_are_normalised_and_groups_recognised() {
+        let json = params("application/json", r#"{"chat_id":"-42","text":"hi"}"#);
+        let (chat, text) = json.expect("valid");
+        assert_eq!(
+            (chat.key.as_str(), &chat.json, text.as_str()),
+            ("-42", &json!(-42), "hi")
+        );
+        assert!(chat.is_group());
+        let form = params(
+            "application/x-www-form-urlencoded",
+            "chat_id=%40news&text=hello+world%21",
+        );
+        let (chat, text) = form.expect("valid");
+        assert_eq!(
+            (chat.key.as_str(), text.as_str()),
+            ("@news", "hello world!")
+        );
+        assert_eq!(chat.chat_type(), "channel");
+        assert_eq!(ChatId::numeric(7).chat_type(), "private");
+        assert!(!ChatId::numeric(7).is_group());
+    }
+
+    #[test]
+    fn bad_parameters_are_described_as_the_bot_api_does() {
+        assert_eq!(
+            params("application/json", r#"{"text":"hi"}"#).err(),
+            Some("Bad Request: chat_id is empty")
+        );
+        assert_eq!(
+            params("application/json", r#"{"chat_id":1,"text":""}"#).err(),
+            Some("Bad Request: message text is empty")
+        );
+        assert_eq!(
+            params("application/json", r#"{"chat_id":"nobody","text":"x"}"#).err(),
+            Some("Bad Request: chat not found")
+        );
+        let long = format!(r#"{{"chat_id":1,"text":"{}"}}"#, "x".repeat(4097));
+        assert_eq!(
+            params("application/json", &long).err(),
+            Some("Bad Request: message is too long")
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! The Telegram simulator over loopback, driven by a plain `hyper_util` client (no
+//! tollgate): what it answers and what it records.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tollgate_sim::TelegramSim;
+use tollgate_sim::telegram::TEST_TOKEN;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn post(client: &HttpClient, url: &str, content_type: &str, body: String) -> Answer {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid request");
+    let response = client.request(request).await.expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body read")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `sendMessage` with a JSON body.
+async fn send(client: &HttpClient, url: &str, chat_id: Value, text: &str) -> Answer {
+    let body = json!({ "chat_id": chat_id, "text": text }).to_string();
+    post(client, url, "application/json", body).await
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Asserts the exact `429` of the Bot API with `retry_after` `n`, header and body.
+fn assert_too_many_requests(answer: &Answer, n: u64) {
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.body
+    );
+    assert_eq!(retry_after(&answer.headers), Some(n));
+    assert_eq!(
+        answer.body,
+        json!({"ok":false,"error_code":429,"description":format!("Too Many Requests: retry after {n}"),"parameters":{"retry_after":n}})
+    );
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[tokio::test]
+async fn per_chat_limit_gives_the_bot_api_429_and_retry_after_is_never_early() {
+    let sim = TelegramSim::new()
+        .per_chat(1, Duration::from_millis(1500))
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    let ok = send(&client, &url, json!(42), "one").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let throttled = send(&client, &url, json!(42), "two").await;
+    // 1.5 s remain, rounded up.
+    assert_too_many_requests(&throttled, 2);
+    assert_eq!(
+        throttled.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    // Another chat is not affected.
+    assert_eq!(
+        send(&client, &url, json!(43), "x").await.status,
+        StatusCode::OK
+    );
+    // One second later 0.5 s remain: still refused, and told 1 (rounded up).
+    tokio::time::sleep(secs(1)).await;
+    assert_too_many_requests(&send(&client, &url, json!(42), "three").await, 1);
+    // Honouring that is exactly enough.
+    tokio::time::sleep(secs(1)).await;
+    let ok = send(&client, &url, json!(42), "four").await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.body["result"]["message_id"], 2);
+
+    let stats = sim.shutdown().await;
+    let chat = stats.per_chat["42"];
+    assert_eq!((chat.requests, chat.ok, chat.throttled_quota), (4, 2, 2));
+    assert_eq!(chat.messages_served, 2);
+    // At 0, 0 and 1 s: three within one 1.5 s window.
+    assert_eq!(chat.max_in_window, 3);
+    assert_eq!(stats.overall.requests, 5);
+    assert_eq!(stats.overall.throttled(), 2);
+    assert_eq!(stats.flood_waits, 0);
+    let throttled: u64 = stats.timeline.iter().map(|b| b.throttled).sum();
+    let admitted: u64 = stats.timeline.iter().map(|b| b.admitted).sum();
+    assert_eq!((admitted, throttled), (3, 2));
+    assert_eq!(stats.per_chat_limit.window, Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn group_chats_have_their_own_limit_on_top_of_the_per_chat_one() {
+    let sim = TelegramSim::new()
+        .per_chat(1, Duration::from_millis(100))
+        .per_group(3, Duration::from_millis(1800))
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    for chat in [json!(-1001), json!(7)] {
+        for i in 0..4 {
+            let answer = send(&client, &url, chat.clone(), "hi").await;
+            let group = chat == json!(-1001);
+            if group && i == 3 {
+                // The first of the three leaves the group window 1.8 s after it came.
+                assert_too_many_requests(&answer, 2);
+            } else {
+                assert_eq!(answer.status, StatusCode::OK, "{chat} #{i}");
+            }
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    }
+    // Strings holding integers and `@usernames` are chats too; usernames are groups.
+    let answer = send(&client, &url, json!("-1001"), "again").await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    let channel = send(&client, &url, json!("@news"), "hi").await;
+    assert_eq!(
+        channel.body["result"]["chat"],
+        json!({"id":"@news","type":"channel"})
+    );
+
+    tokio::time::sleep(secs(retry_after(&answer.headers).expect("retry-after"))).await;
+    let ok = send(&client, &url, json!(-1001), "late").await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(
+        ok.body["result"]["chat"],
+        json!({"id":-1001,"type":"supergroup"})
+    );
+
+    let stats = sim.shutdown().await;
+    let group = stats.per_chat["-1001"];
+    assert_eq!((group.requests, group.ok, group.throttled_quota), (6, 4, 2));
+    assert_eq!(stats.per_chat["7"].ok, 4);
+    assert_eq!(stats.group_max_in_window, 5);
+    assert_eq!(stats.per_group_limit.limit, 3);
+}
+
+#[tokio::test]
+async fn the_overall_limit_is_per_bot_token() {
+    let sim = TelegramSim::new()
+        .overall(3, secs(1))
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    for chat in 1..=3 {
+        assert_eq!(
+            send(&client, &url, json!(chat), "x").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_too_many_requests(&send(&client, &url, json!(4), "x").await, 1);
+    // Another bot has its own overall and per-chat limits.
+    let other = sim.send_message_url("987654:other");
+    for chat in [4, 1] {
+        assert_eq!(
+            send(&client, &other, json!(chat), "x").await.status,
+            StatusCode::OK
+        );
+    }
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(
+        send(&client, &url, json!(5), "x").await.status,
+        StatusCode::OK
+    );
+    let stats = sim.shutdown().await;
+    assert_eq!(stats.overall.requests, 7);
+    assert_eq!(stats.overall.ok, 6);
+    assert_eq!(stats.overall.max_in_window, 4);
+    let bot = stats.per_bot[TEST_TOKEN];
+    assert_eq!((bot.requests, bot.ok, bot.throttled_quota), (5, 4, 1));
+    assert_eq!(bot.max_in_window, 4);
+    assert_eq!(stats.per_bot["987654:other"].ok, 2);
+    // Per chat, over both bots.
+    assert_eq!(stats.per_chat["4"].throttled_quota, 1);
+    assert_eq!(stats.per_chat["1"].ok, 2);
+    assert_eq!(stats.per_chat["1"].max_in_window, 1);
+    assert_eq!(stats.overall_limit.limit, 3);
+}
+
+#[tokio::test]
+async fn consecutive_violations_put_a_chat_under_a_long_flood_wait() {
+    let sim = TelegramSim::new()
+        .per_chat(1, secs(10))
+        .flood_wait(secs(4310))
+        .flood_after(2)
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    assert_eq!(
+        send(&client, &url, json!(1), "x").await.status,
+        StatusCode::OK
+    );
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 10);
+    // The second in a row starts the flood wait, and every request is told the rest.
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 4310);
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 4310);
+    // Other chats are not affected.
+    assert_eq!(
+        send(&client, &url, json!(2), "x").await.status,
+        StatusCode::OK
+    );
+    let stats = sim.shutdown().await;
+    assert_eq!(stats.flood_waits, 2);
+    assert_eq!(stats.per_chat["1"].throttled_quota, 3);
+}
+
+#[tokio::test]
+async fn a_flood_wait_ends_when_it_has_passed() {
+    let sim = TelegramSim::new()
+        .per_chat(1, Duration::from_millis(100))
+        .flood_wait(Duration::from_millis(1500))
+        .flood_after(1)
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    assert_eq!(
+        send(&client, &url, json!(1), "x").await.status,
+        StatusCode::OK
+    );
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 2);
+    // Long after the per-chat window, the flood wait still holds: 0.5 s remain.
+    tokio::time::sleep(secs(1)).await;
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 1);
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(
+        send(&client, &url, json!(1), "x").await.status,
+        StatusCode::OK
+    );
+    let stats = sim.shutdown().await;
+    assert_eq!(stats.flood_waits, 2);
+    assert_eq!(stats.per_chat["1"].ok, 2);
+}
+
+#[tokio::test]
+async fn form_bodies_success_shape_and_errors() {
+    let sim = TelegramSim::new()
+        .per_chat(10, secs(1))
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    let form = "application/x-www-form-urlencoded";
+    let ok = post(&client, &url, form, "chat_id=42&text=hello+there%21".into()).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let result = &ok.body["result"];
+    assert_eq!(ok.body["ok"], true);
+    assert_eq!(result["message_id"], 1);
+    assert_eq!(result["chat"], json!({"id":42,"type":"private"}));
+    assert_eq!(result["text"], "hello there!");
+    assert!(result["date"].as_u64().is_some_and(|d| d > 1_700_000_000));
+    let second = send(&client, &url, json!(42), "again").await;
+    assert_eq!(second.body["result"]["message_id"], 2);
+
+    let empty = post(&client, &url, form, "chat_id=42".into()).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        empty.body,
+        json!({"ok":false,"error_code":400,"description":"Bad Request: message text is empty"})
+    );
+    let no_chat = send(&client, &url, Value::Null, "x").await;
+    assert_eq!(no_chat.body["description"], "Bad Request: chat_id is empty");
+    let base = sim.base_url().to_owned();
+    let wrong = post(
+        &client,
+        &format!("{base}/nobot/sendMessage"),
+        form,
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        wrong.body,
+        json!({"ok":false,"error_code":404,"description":"Not Found"})
+    );
+    let method = post(
+        &client,
+        &format!("{base}/bot1:x/getMe"),
+        form,
+        String::new(),
+    )
+    .await;
+    assert_eq!(method.status, StatusCode::NOT_FOUND);
+
+    let stats = sim.shutdown().await;
+    assert_eq!((stats.bad_requests, stats.not_found), (2, 2));
+    assert_eq!(stats.overall.requests, 2);
+    assert_eq!(stats.per_chat["42"].messages_served, 2);
+}
+
+#[tokio::test]
+async fn admitted_messages_are_held_for_the_latency() {
+    let sim = TelegramSim::new()
+        .latency(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        send(&client, &url, json!(1), "x").await.status,
+        StatusCode::OK
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let start = tokio::time::Instant::now();
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 1);
+    assert!(start.elapsed() < Duration::from_millis(300));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_wait_is_never_shorter_than_the_limit_it_punishes() {
+    let sim = TelegramSim::new()
+        .per_chat(1, secs(3))
+        .flood_wait(secs(1))
+        .flood_after(1)
+        .start()
+        .await
+        .expect("sim starts");
+    let client = client();
+    let url = sim.send_message_url(TEST_TOKEN);
+    assert_eq!(
+        send(&client, &url, json!(1), "x").await.status,
+        StatusCode::OK
+    );
+    // The per-chat limit holds for 3 s, longer than the 1 s flood wait.
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 3);
+    assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 3);
+    let stats = sim.shutdown().await;
+    assert_eq!(stats.flood_waits, 2);
+}
