@@ -71,7 +71,7 @@ async fn run(adaptive: bool) -> tollgate_sim::KeyStats {
         done.unwrap();
     }
     let stats = sim.shutdown().await;
-    stats.per_mailbox[&mailbox].clone()
+    stats.per_mailbox[&mailbox]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

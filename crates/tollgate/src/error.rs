@@ -55,6 +55,15 @@ pub enum ErrorKind {
     Throttled,
     /// The request costs more than a quota's capacity: no wait would ever admit it.
     CostTooHigh,
+    /// `RetryAfterBackoff`: the server asked for a wait longer than the layer's
+    /// `max_inline_wait` (Telegram's 4310 s flood wait). The call ended at once, without
+    /// waiting; [`Error::retry_at`] is when the request may be sent again, for a job
+    /// queue to reschedule it. The request *was* sent (and answered).
+    RetryLater,
+    /// `RetryAfterBackoff` (with `exhausted_error`): every allowed retry was used, or the
+    /// next wait would pass `max_elapsed`, or the retry budget was empty, and the last
+    /// answer was still retryable; [`Error::retry_after`] is that answer's hint, if any.
+    RetriesExhausted,
 }
 
 impl ErrorKind {
@@ -74,6 +83,8 @@ impl ErrorKind {
             | ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::CostTooHigh => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooManyKeys | ErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // The upstream throttled or failed: not the downstream client's doing.
+            ErrorKind::RetryLater | ErrorKind::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -107,6 +118,8 @@ impl ErrorKind {
             ErrorKind::QuotaExceeded => "per-key quota exceeded",
             ErrorKind::Throttled => "key cooling down after a throttle signal",
             ErrorKind::CostTooHigh => "request cost exceeds the quota's capacity",
+            ErrorKind::RetryLater => "server asked for a wait beyond max_inline_wait",
+            ErrorKind::RetriesExhausted => "retries exhausted",
         }
     }
 }

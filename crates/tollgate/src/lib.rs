@@ -57,12 +57,14 @@ mod error;
 pub mod key;
 pub mod quota;
 pub mod reject;
+pub mod retry;
 pub mod store;
 
 pub use classify::{ThrottleClassifier, ThrottleClassifierLayer};
 pub use concurrency::{ConcurrencyPerKey, ConcurrencyPerKeyLayer};
 pub use error::{Error, ErrorKind};
 pub use quota::{QuotaWindow, QuotaWindowLayer};
+pub use retry::{RetryAfterBackoff, RetryAfterBackoffLayer};
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
