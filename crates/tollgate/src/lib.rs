@@ -5,8 +5,13 @@
 //!
 //! | layer | guarantees |
 //! |---|---|
+//! | [`RetryAfterBackoffLayer`] | retries throttles (any method) and `503`/`504` (idempotent only), never before the server's hint, with full-jitter backoff, bounded attempts and time, a shared budget; hands waits beyond `max_inline_wait` back at once as [`ErrorKind::RetryLater`] with `retry_at` |
 //! | [`QuotaWindowLayer`] | at most N per window per key, several windows at once (sliding, fixed, GCRA), all-or-nothing; wait (paced, FIFO) or reject (`429` with `Retry-After` and `RateLimit` headers) |
-//! | [`ConcurrencyPerKeyLayer`] | at most N in flight per key, the slot held until the response body ends; wait (FIFO) or reject |
+//! | [`ConcurrencyPerKeyLayer`] | at most N in flight per key, the slot held until the response body ends; wait (FIFO) or reject; learns a lower limit from concurrency signals |
+//! | [`ThrottleClassifierLayer`] | recognises throttling answers (headers and bodies of Graph, Telegram, Google, GitHub, IETF `RateLimit`) and attaches a [`Throttle`](classify::Throttle) to the response, which the layers above obey |
+//!
+//! Client stack, outermost first: `RetryAfterBackoff` → `QuotaWindow` →
+//! `ConcurrencyPerKey` → `ThrottleClassifier` → the client.
 //!
 //! Keys come from a [`KeyExtractor`](key::KeyExtractor) ([`key`] has the built-ins);
 //! state lives in a [`store`], shared by every clone of a layer; every decision
