@@ -85,6 +85,30 @@
 //! stays there (nobody calls its `retain_recent`); tollgate's holds every key until its
 //! window has replenished, which is longer than a run, so it holds 10,000 too.
 //!
+//! # Group `stack`
+//!
+//! The whole client stack of the crate docs, outermost first: `RetryAfterBackoff` →
+//! `QuotaWindow` → `ConcurrencyPerKey` → `ThrottleClassifier` → the `service_fn`,
+//! against that `service_fn` alone. The request is the `quota` group's (the [`Key`] in
+//! the extensions and in the `x-key` header; its body, `()`, is `Clone`, hence a
+//! `ReplayBody`, so `RetryAfterBackoff` keeps a copy of every request for a retry that
+//! never comes) and the response the `quota` group's (`Body::empty()`, whose `Bytes`
+//! data the classifier can read).
+//!
+//! | id | service | keys in rotation |
+//! |---|---|---|
+//! | `bare` | the `service_fn` alone | 10,000 (unread) |
+//! | `full_10k` | `RetryAfterBackoffLayer::standard()` → `QuotaWindowLayer::new(Quota::sliding(..), Header)` → `ConcurrencyPerKeyLayer::new(1000, Header)` → `ThrottleClassifierLayer::standard()` → the `service_fn` | 10,000 |
+//!
+//! Both limiting layers read the key from the `x-key` header, as one client sharing an
+//! extractor would. Nothing is throttled: every answer is a bare `200`, which the
+//! classifier finds nothing in and the retry policy returns at once; the quota allows
+//! 1,000,000 per hour per key (as `quota/sliding_10k`) and the concurrency limit is
+//! 1000 per key (as the `concurrency` group), so nothing waits and nothing is refused.
+//! Each layer runs with its preset or defaults otherwise (a new `MemoryStore` each, the
+//! retry budget on). The response dropped in each iteration is the fully wrapped one,
+//! so its drop frees the concurrency slot, as in the `concurrency` group.
+//!
 //! # Reading the results
 //!
 //! `bare` is each group's floor: request construction, the `service_fn` and the
@@ -103,6 +127,12 @@
 //! behaviour); `governor_keyed` against `tower_governor` what tower_governor's
 //! plumbing adds to governor's own check; `multi_10k` against `sliding_10k` the cost of
 //! a second window.
+//!
+//! For `stack`, the figures reported are the **added time** of the whole stack,
+//! `full_10k − bare`, and the **ratio** `full_10k / bare`: what a request through all
+//! four layers costs, as a multiple of the floor. Both are per request, with nothing
+//! throttled: the price of having the stack in place, not of what it does when limits
+//! bite.
 //!
 //! Run: `cargo bench -p tollgate-benches --bench overhead` (one group:
 //! `... -- quota`).
@@ -126,9 +156,9 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
-use tollgate::ConcurrencyPerKeyLayer;
 use tollgate::key::{Header, Key, KeyExtractor};
 use tollgate::quota::{Quota, QuotaSet, QuotaWindowLayer};
+use tollgate::{ConcurrencyPerKeyLayer, RetryAfterBackoffLayer, ThrottleClassifierLayer};
 use tower::limit::ConcurrencyLimit;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_governor::GovernorError;
@@ -463,5 +493,30 @@ fn quota(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, concurrency, quota);
+fn stack(c: &mut Criterion) {
+    let runtime = runtime();
+    let inner = service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    let name = HeaderName::from_static(KEY_HEADER);
+    let keys_10k = tagged(&name, 10_000);
+    let make = |tagged: &Tagged| tagged_request(&name, tagged);
+    let by_header = Header::from_name(name.clone());
+    let sliding = Quota::sliding(1_000_000, 3600 * SECOND).expect("a valid quota");
+
+    // Outermost first, as in the crate docs' client stack.
+    let full = RetryAfterBackoffLayer::standard().layer(
+        QuotaWindowLayer::new(sliding, by_header.clone()).layer(
+            ConcurrencyPerKeyLayer::new(PER_KEY_MAX, by_header)
+                .layer(ThrottleClassifierLayer::standard().layer(inner)),
+        ),
+    );
+
+    let mut group = c.benchmark_group("stack");
+    bench(&mut group, &runtime, "bare", inner, &keys_10k, &make);
+    bench(&mut group, &runtime, "full_10k", full, &keys_10k, &make);
+    group.finish();
+}
+
+criterion_group!(benches, concurrency, quota, stack);
 criterion_main!(benches);
