@@ -35,13 +35,13 @@
 //! The simulator ignores the header; a real Bot API server does too.
 //!
 //! **The flood wait and the bot key**: the Telegram classifier scopes a `429` to "the
-//! key the request went under", and every `QuotaWindow` that sees the response cools
-//! its own key down until the hint. The per-bot layer's key is the whole bot, so a
-//! 4310 s flood wait on one chat would stop every other chat for 71 minutes (they fail
-//! at once with `WaitExceeded`). A small `map_response` just below the bot layer hides
-//! throttle signals longer than the bot's window (1 s, the longest wait a per-bot
-//! refusal can name) from it, after the per-chat layer has obeyed them, and one just
-//! above puts them back for the retry layer.
+//! key the request went under" (Telegram's answer does not say which limit it was),
+//! and a `QuotaWindow` cools its own key down on such a signal. The per-bot layer's key
+//! is the whole bot, so obeying a 4310 s flood wait on one chat there would stop every
+//! other chat for 71 minutes. The per-bot layer is therefore built with
+//! `.obey_throttles(ObeyThrottles::GlobalOnly)`: the per-chat layer cools the flooded
+//! chat down, the bot layer keeps pacing the bot at 30/s, and the retry layer hands the
+//! flood wait back as `RetryLater`.
 //!
 //! A chat whose send comes back as `RetryLater` is rescheduled with the rest of its
 //! messages (`chat X: rescheduled in N s`); the run asserts that it took seconds, not
@@ -71,9 +71,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tollgate::classify::{Throttle, ThrottleClassifierLayer};
+use tollgate::classify::ThrottleClassifierLayer;
 use tollgate::key::{Constant, Header};
-use tollgate::quota::Quota;
+use tollgate::quota::{ObeyThrottles, Quota};
 use tollgate::{ErrorKind, QuotaWindowLayer, RetryAfterBackoffLayer};
 use tollgate_sim::TelegramSim;
 use tollgate_sim::telegram::TEST_TOKEN;
@@ -169,32 +169,6 @@ where
     )
 }
 
-/// A throttle signal kept out of sight of the per-bot quota layer.
-#[derive(Clone)]
-struct HiddenFromBot(Throttle);
-
-/// Below the per-bot layer: a wait longer than the bot's window cannot be the bot's
-/// own limit (it is a chat's flood wait), so the bot layer must not cool down on it.
-fn hide_long_throttles<B>(mut response: Response<B>) -> Response<B> {
-    let long = response
-        .extensions()
-        .get::<Throttle>()
-        .and_then(Throttle::resume_after)
-        .is_some_and(|wait| wait > BOT_WINDOW);
-    if long && let Some(throttle) = response.extensions_mut().remove::<Throttle>() {
-        response.extensions_mut().insert(HiddenFromBot(throttle));
-    }
-    response
-}
-
-/// Above the per-bot layer: the retry layer sees it again.
-fn unhide_throttles<B>(mut response: Response<B>) -> Response<B> {
-    if let Some(HiddenFromBot(throttle)) = response.extensions_mut().remove::<HiddenFromBot>() {
-        response.extensions_mut().insert(throttle);
-    }
-    response
-}
-
 fn build_client() -> Result<Svc, BoxError> {
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let per_chat = QuotaWindowLayer::new(
@@ -204,13 +178,12 @@ fn build_client() -> Result<Svc, BoxError> {
     let per_bot = QuotaWindowLayer::new(
         Quota::sliding(BOT_LIMIT, BOT_WINDOW)?.with_margin(MARGIN)?,
         Constant::new("bot"),
-    );
+    )
+    .obey_throttles(ObeyThrottles::GlobalOnly);
     Ok(boxed(
         ServiceBuilder::new()
             .layer(RetryAfterBackoffLayer::telegram())
-            .map_response(unhide_throttles)
             .layer(per_bot)
-            .map_response(hide_long_throttles)
             .layer(per_chat)
             .layer(ThrottleClassifierLayer::telegram())
             .service(http),

@@ -11,9 +11,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::QuotaDecision;
 use super::headers;
 use super::layer::Config;
+use super::{ObeyThrottles, QuotaDecision};
 use crate::body::ResponseBody;
 use crate::classify::{Throttle, ThrottleScope};
 use crate::key::Key;
@@ -41,7 +41,13 @@ impl<St: QuotaStore> Refund<St> {
 
     /// Obeys a server's throttle signal found on the response: no request of this key
     /// (or, for a global signal, of any key) is admitted until the server's hint.
-    fn obey(&self, throttle: &Throttle) {
+    fn obey(&self, throttle: &Throttle, obey: ObeyThrottles) {
+        let global = throttle.scope() == ThrottleScope::Global;
+        match obey {
+            ObeyThrottles::Ignore => return,
+            ObeyThrottles::GlobalOnly if !global => return,
+            _ => {}
+        }
         let Some(after) = throttle.resume_after() else {
             return; // no time given: the retry layer's own backoff applies
         };
@@ -115,6 +121,7 @@ pin_project! {
         quotas: Option<QuotaSet>,
         report: Option<Box<QuotaGrant>>,
         report_on: bool,
+        obey: ObeyThrottles,
         x_ratelimit: bool,
         status: StatusCode,
         _output: PhantomData<fn() -> O>,
@@ -154,6 +161,7 @@ where
             quotas,
             report,
             report_on: config.report,
+            obey: config.obey,
             x_ratelimit: config.x_ratelimit,
             status: config.status,
             _output: PhantomData,
@@ -259,6 +267,7 @@ where
                                 this.quotas.as_ref(),
                                 this.report.as_deref(),
                                 *this.x_ratelimit,
+                                *this.obey,
                                 refund,
                                 &mut response,
                             );
@@ -283,12 +292,13 @@ where
         quotas: Option<&QuotaSet>,
         report: Option<&QuotaGrant>,
         x_ratelimit: bool,
+        obey: ObeyThrottles,
         refund: Option<Refund<St>>,
         response: &mut Response<ResBody>,
     ) {
         let Some(quotas) = quotas else { return };
         if let (Some(throttle), Some(refund)) = (response.extensions().get::<Throttle>(), &refund) {
-            refund.obey(throttle);
+            refund.obey(throttle, obey);
         }
         let local = response
             .extensions()

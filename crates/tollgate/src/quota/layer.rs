@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::QuotaWindow;
+use super::{ObeyThrottles, QuotaWindow};
 use crate::key::Key;
 use crate::quota::QuotaError;
 use crate::reject::{Respond, Throw};
@@ -44,6 +44,7 @@ pub(super) struct Config<X, C, St> {
     pub(super) spacing: Option<Duration>,
     pub(super) report: bool,
     pub(super) x_ratelimit: bool,
+    pub(super) obey: ObeyThrottles,
     pub(super) status: StatusCode,
 }
 
@@ -60,6 +61,7 @@ impl<X: Clone, C: Clone, St: Clone> Clone for Config<X, C, St> {
             spacing: self.spacing,
             report: self.report,
             x_ratelimit: self.x_ratelimit,
+            obey: self.obey,
             status: self.status,
         }
     }
@@ -85,6 +87,7 @@ impl<X> QuotaWindowLayer<X> {
                 spacing: None,
                 report: false,
                 x_ratelimit: false,
+                obey: ObeyThrottles::Key,
                 status: StatusCode::TOO_MANY_REQUESTS,
             },
             _output: PhantomData,
@@ -112,6 +115,7 @@ impl<X, C, St, O> QuotaWindowLayer<X, C, St, O> {
                 spacing: c.spacing,
                 report: c.report,
                 x_ratelimit: c.x_ratelimit,
+                obey: c.obey,
                 status: c.status,
             },
             _output: PhantomData,
@@ -202,6 +206,15 @@ impl<X, C, St, O> QuotaWindowLayer<X, C, St, O> {
         if on {
             self.config.report = true;
         }
+        self
+    }
+
+    /// Which server throttle signals this layer obeys; see [`ObeyThrottles`]. With
+    /// several `QuotaWindow` layers stacked (per chat inside, per bot outside), the
+    /// outer ones usually want [`ObeyThrottles::GlobalOnly`]: a per-chat 429 must not
+    /// pause the whole bot.
+    pub fn obey_throttles(mut self, obey: ObeyThrottles) -> Self {
+        self.config.obey = obey;
         self
     }
 

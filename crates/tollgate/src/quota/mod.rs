@@ -71,7 +71,9 @@
 //!   if that exceeds their `max_wait`), other keys go on. Scope global cools down every
 //!   key of the store; an unknown scope cools down the key whose response carried it.
 //!   When the cooldown ends, queued requests are released in order and spaced as
-//!   above. The cooldown ends exactly at the server's hint: upward jitter across a
+//!   above. [`obey_throttles`](QuotaWindowLayer::obey_throttles) narrows this for the
+//!   outer layers of a stack ([`ObeyThrottles::GlobalOnly`]: a per-chat 429 must not
+//!   pause a per-bot key). The cooldown ends exactly at the server's hint: upward jitter across a
 //!   fleet belongs to a shared store.
 //!
 //! # Order and sharing
@@ -366,4 +368,20 @@ impl QuotaDecision {
     pub fn usage(&self) -> &[crate::store::QuotaUsage] {
         self.grant.usage()
     }
+}
+
+/// Which server throttle signals (a [`Throttle`](crate::classify::Throttle) on a
+/// response) a [`QuotaWindow`] obeys by cooling its key down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObeyThrottles {
+    /// The default: a signal of scope key or unknown cools down this layer's key, a
+    /// global one every key.
+    #[default]
+    Key,
+    /// Only global signals, which cool down every key. For an outer layer of a stack
+    /// (per bot around per chat) whose key is not the one a per-key signal is about.
+    GlobalOnly,
+    /// None: the layer counts, the server's signals are left to other layers.
+    Ignore,
 }

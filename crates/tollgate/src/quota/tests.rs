@@ -437,4 +437,34 @@ mod obeying_the_server {
         assert_ready_ok!(first.poll());
         call_through(&mut svc, &mut handle, "a").await.unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outer_layer_obeying_global_signals_only_ignores_a_per_key_throttle() {
+        for (obey, key_signal_holds, global_signal_holds) in [
+            (ObeyThrottles::GlobalOnly, false, true),
+            (ObeyThrottles::Ignore, false, false),
+            (ObeyThrottles::Key, true, true),
+        ] {
+            for (scope, expect_hold) in [
+                (ThrottleScope::Key, key_signal_holds),
+                (ThrottleScope::Global, global_signal_holds),
+            ] {
+                let layer = QuotaWindowLayer::new(fixed(100, SEC), Header::new("x-key"))
+                    .reject()
+                    .obey_throttles(obey);
+                let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+                assert_ready_ok!(svc.poll_ready());
+                let mut first = task::spawn(svc.call(req("a")));
+                assert_pending!(first.poll());
+                answer_with(&mut handle, signal(scope)).await;
+                assert_ready_ok!(first.poll());
+                let next = call_through(&mut svc, &mut handle, "a").await;
+                assert_eq!(
+                    next.is_err(),
+                    expect_hold,
+                    "{obey:?} with a {scope:?} signal"
+                );
+            }
+        }
+    }
 }
