@@ -56,8 +56,6 @@ impl<X: Clone, St: Clone> Clone for Config<X, St> {
     }
 }
 
-const DEFAULT_MAX_QUEUE: usize = 1024;
-
 impl<X> ConcurrencyPerKeyLayer<X> {
     /// At most `max` requests in flight for each key that `extractor` finds.
     ///
@@ -69,9 +67,7 @@ impl<X> ConcurrencyPerKeyLayer<X> {
                 store: MemoryStore::new(),
                 max,
                 per_key: None,
-                policy: WaitPolicy::Queue {
-                    max_queue: DEFAULT_MAX_QUEUE,
-                },
+                policy: WaitPolicy::DEFAULT,
                 max_wait: Duration::from_secs(30),
                 release: Release::BodyEnd,
                 retry_after: Duration::from_secs(1),
@@ -146,11 +142,7 @@ impl<X, St, O> ConcurrencyPerKeyLayer<X, St, O> {
     /// Wait mode (the default), waiting at most `max_wait` for a slot; then the request
     /// fails with [`ErrorKind::WaitExceeded`](crate::ErrorKind::WaitExceeded).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        if self.config.policy == WaitPolicy::Reject {
-            self.config.policy = WaitPolicy::Queue {
-                max_queue: DEFAULT_MAX_QUEUE,
-            };
-        }
+        self.config.policy = self.config.policy.waiting();
         self.config.max_wait = max_wait;
         self
     }

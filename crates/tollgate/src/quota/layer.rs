@@ -67,8 +67,6 @@ impl<X: Clone, C: Clone, St: Clone> Clone for Config<X, C, St> {
     }
 }
 
-const DEFAULT_MAX_QUEUE: usize = 1024;
-
 impl<X> QuotaWindowLayer<X> {
     /// At most what `quotas` allow, for each key that `extractor` finds. `quotas` is a
     /// [`Quota`](super::Quota) or a [`QuotaSet`] (several windows at once).
@@ -80,9 +78,7 @@ impl<X> QuotaWindowLayer<X> {
                 store: MemoryStore::new(),
                 quotas: quotas.into(),
                 per_key: None,
-                policy: WaitPolicy::Queue {
-                    max_queue: DEFAULT_MAX_QUEUE,
-                },
+                policy: WaitPolicy::DEFAULT,
                 max_wait: Duration::from_secs(30),
                 spacing: None,
                 report: false,
@@ -175,11 +171,7 @@ impl<X, C, St, O> QuotaWindowLayer<X, C, St, O> {
     /// and the time it would have had to wait; one that runs out of time in the queue
     /// fails then.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        if self.config.policy == WaitPolicy::Reject {
-            self.config.policy = WaitPolicy::Queue {
-                max_queue: DEFAULT_MAX_QUEUE,
-            };
-        }
+        self.config.policy = self.config.policy.waiting();
         self.config.max_wait = max_wait;
         self
     }

@@ -56,6 +56,20 @@ pub enum WaitPolicy {
     },
 }
 
+impl WaitPolicy {
+    /// The layers' default: wait, at most 1024 requests deep per key.
+    pub const DEFAULT: WaitPolicy = WaitPolicy::Queue { max_queue: 1024 };
+
+    /// This policy if it waits, else the default waiting one: setting a `max_wait`
+    /// on a layer in reject mode puts it back in wait mode.
+    pub fn waiting(self) -> WaitPolicy {
+        match self {
+            WaitPolicy::Reject => WaitPolicy::DEFAULT,
+            queue => queue,
+        }
+    }
+}
+
 /// What the server said about a request that held a slot, for adaptive limits.
 ///
 /// Both methods default to doing nothing, for stores without adaptive limits.
