@@ -1,0 +1,1 @@
+//! Redis store for tollgate (work in progress: see issue 6).
