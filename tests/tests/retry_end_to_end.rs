@@ -51,9 +51,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tollgate::classify::ThrottleClassifierLayer;
+use tollgate::classify::{
+    Throttle, ThrottleClassifierLayer, ThrottleKind, ThrottleScope, ThrottleSource, batch,
+};
 use tollgate::key::{Header, PathSegment};
-use tollgate::quota::Quota;
+use tollgate::quota::{Cost, Quota};
 use tollgate::retry::{Attempts, RetryBudget, SendOnce, buffer};
 use tollgate::{ConcurrencyPerKeyLayer, ErrorKind, QuotaWindowLayer, RetryAfterBackoffLayer};
 use tollgate_sim::telegram::TEST_TOKEN;
@@ -814,4 +816,122 @@ async fn the_retry_budget_caps_retries_when_many_requests_fail_at_once() {
         arrivals > FAILING && arrivals <= FAILING + 11,
         "{arrivals} arrivals for {FAILING} requests"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Graph `$batch`: throttled sub-requests inside a `200`.
+// ---------------------------------------------------------------------------------
+
+/// A `$batch` request for `mailbox-0`: one message listing per id, costing one quota
+/// unit each.
+fn batch_request(url: &str, ids: &[String]) -> Request<Full<Bytes>> {
+    let requests: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(r#"{{"id":"{id}","method":"GET","url":"/users/mailbox-0/messages?$top=1"}}"#)
+        })
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, requests.join(","));
+    let mut request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-mailbox", "mailbox-0")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(Cost(u32::try_from(ids.len()).unwrap()));
+    request
+}
+
+/// The Graph simulator allows 5 requests per 10 s per mailbox and counts each
+/// sub-request of a `$batch`. A batch of 8 comes back `200` with 5 successes and 3
+/// sub-responses `429` with `Retry-After: 10`. With `ThrottleClassifierLayer::graph_batch`
+/// the `200` carries a key-scoped signal with the 10 s hint, so the mailbox cools
+/// down; `RetryAfterBackoff` does not resend the batch (the 5 successes would be
+/// repeated). The caller takes the 3 throttled ids from the body and sends them as a
+/// new batch at once: the stack holds it until the hint, and the server serves each
+/// of the 8 sub-requests exactly once, hearing nothing for the mailbox in between.
+///
+/// It fails if the batch is resent, if the signal is missing (the new batch would
+/// reach the server at once and be refused again) or if the ids are wrong.
+#[tokio::test(start_paused = true)]
+async fn a_batch_with_throttled_sub_requests_cools_the_mailbox_down_and_only_those_are_resubmitted()
+{
+    let sim = GraphSim::new()
+        .mailboxes(1)
+        .quota(5, S(10))
+        .start()
+        .await
+        .unwrap();
+    let url = sim.batch_url();
+    let mailbox = Header::new("x-mailbox");
+    let client = boxed(
+        ServiceBuilder::new()
+            .layer(RetryAfterBackoffLayer::graph())
+            .layer(QuotaWindowLayer::new(
+                Quota::sliding(10_000, S(600)).unwrap(),
+                mailbox.clone(),
+            ))
+            .layer(ConcurrencyPerKeyLayer::new(4, mailbox))
+            .layer(ThrottleClassifierLayer::graph_batch())
+            .service(on_wire::<Full<Bytes>>()),
+    );
+
+    let start = Instant::now();
+    let all: Vec<String> = (1..=8).map(|i| i.to_string()).collect();
+    let response = client
+        .clone()
+        .oneshot(batch_request(&url, &all))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response).sent(), 1, "the batch was resent");
+    let throttle = response
+        .extensions()
+        .get::<Throttle>()
+        .expect("the batch classifier read the sub-responses");
+    assert_eq!(throttle.kind(), ThrottleKind::Rate);
+    assert_eq!(throttle.scope(), ThrottleScope::Key);
+    assert_eq!(throttle.retry_after(), Some(S(10)));
+    assert_eq!(throttle.source(), ThrottleSource::GraphBatch);
+
+    let throttled: Vec<String> = batch::throttled(response.body(), std::time::SystemTime::now())
+        .iter()
+        .map(|sub| {
+            assert_eq!(sub.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(sub.throttle().retry_after(), Some(S(10)));
+            sub.id().to_owned()
+        })
+        .collect();
+    assert_eq!(throttled.len(), 3, "{throttled:?}");
+    assert!(throttled.iter().all(|id| all.contains(id)));
+
+    // Resubmitted at once; held by the mailbox's cooldown, not by the caller.
+    let response = client
+        .oneshot(batch_request(&url, &throttled))
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= S(10) && waited <= S(10) + MS(2),
+        "the resubmitted batch was sent {waited:?} after the first"
+    );
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.extensions().get::<Throttle>().is_none());
+    assert!(batch::throttled(response.body(), std::time::SystemTime::now()).is_empty());
+
+    let stats = sim.shutdown().await;
+    let served = stats.per_mailbox["mailbox-0"];
+    assert_eq!(stats.batches, 2);
+    assert_eq!(served.requests, 8 + 3);
+    assert_eq!(served.ok, 8, "each sub-request served exactly once");
+    assert_eq!(served.throttled_quota, 3);
+    // On the server's clock: the first batch at its start, the second 10 s later.
+    let heard: Vec<_> = stats
+        .timeline
+        .iter()
+        .filter(|bucket| bucket.requests > 0)
+        .map(|bucket| (bucket.start, bucket.requests))
+        .collect();
+    assert_eq!(heard, [(Duration::ZERO, 8), (S(10), 3)]);
 }
