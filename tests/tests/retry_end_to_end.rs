@@ -55,7 +55,7 @@ use tollgate::classify::{
     Throttle, ThrottleClassifierLayer, ThrottleKind, ThrottleScope, ThrottleSource, batch,
 };
 use tollgate::key::{Header, PathSegment};
-use tollgate::quota::{Cost, Quota};
+use tollgate::quota::{Cost, ObeyThrottles, Quota};
 use tollgate::retry::{Attempts, RetryBudget, SendOnce, buffer};
 use tollgate::{ConcurrencyPerKeyLayer, ErrorKind, QuotaWindowLayer, RetryAfterBackoffLayer};
 use tollgate_sim::telegram::TEST_TOKEN;
@@ -432,6 +432,54 @@ async fn after_retry_after_10_the_server_hears_nothing_from_that_key_for_10_s_an
         l.iter().all(|a| a.retry_attempt.is_none()),
         "L was never refused"
     );
+}
+
+/// The same kind of answer for 8 mailboxes at once, mailbox `n` told `Retry-After: n`
+/// (3 to 10 s), with the quota layer told to ignore the signals: the retry layer alone
+/// must keep every retry at or after its own hint on the server's clock, and within
+/// its 10 % upward jitter (the Graph preset's own backoff before a first retry is at
+/// most 3 s, so the hint decides), while the mailboxes with shorter hints are retried
+/// sooner.
+///
+/// Case 1 cannot tell which layer kept K silent: the key's cooldown holds an early
+/// retry until the hint too. This one fails if `RetryAfterBackoff` retries before a
+/// hint, or mixes up the hints of concurrent requests.
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_alone_never_retries_before_each_requests_own_hint() {
+    let (addr, arrivals) = counting_server(|arrival, n| {
+        let hint = arrival.key.trim_start_matches('m').parse().unwrap();
+        if n == 0 { graph_429(hint) } else { ok() }
+    })
+    .await;
+    let client = boxed(
+        ServiceBuilder::new()
+            .layer(RetryAfterBackoffLayer::graph())
+            .layer(
+                QuotaWindowLayer::new(Quota::sliding(10_000, S(600)).unwrap(), mailbox_key())
+                    .obey_throttles(ObeyThrottles::Ignore),
+            )
+            .layer(ConcurrencyPerKeyLayer::new(4, mailbox_key()))
+            .layer(ThrottleClassifierLayer::graph())
+            .service(on_wire::<Empty<Bytes>>()),
+    );
+    let calls: Vec<_> = (3..=10)
+        .map(|n| tokio::spawn(client.clone().oneshot(get(addr, &format!("m{n}")))))
+        .collect();
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(attempts(&response).sent(), 2);
+    }
+    for n in 3..=10 {
+        let seen = of_key(&arrivals, &format!("m{n}"));
+        assert_eq!(seen.len(), 2);
+        let hint = S(n);
+        let waited = seen[1].at - seen[0].at;
+        assert!(
+            waited >= hint && waited <= hint + hint / 10 + MS(2),
+            "mailbox m{n} retried {waited:?} after Retry-After: {n}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------
