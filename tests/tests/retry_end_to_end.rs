@@ -713,9 +713,11 @@ async fn after_mailbox_concurrency_answers_the_server_sees_what_it_accepts_and_n
         server.throttled_concurrency,
         control.server.throttled_concurrency
     );
-    // What remains are the first burst and the probes one above the learned limit.
+    // What remains are the first burst, the refused recovery steps and one probe
+    // above the learned limit per hold period (8 of 248 arrivals, against 21 of 261
+    // when every round probed).
     assert!(
-        server.throttled_concurrency * 7 < server.requests,
+        server.throttled_concurrency * 20 < server.requests,
         "{} of {} arrivals refused",
         server.throttled_concurrency,
         server.requests
