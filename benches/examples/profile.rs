@@ -44,6 +44,45 @@ fn key_of(request: &Request<()>) -> Option<Key> {
     request.extensions().get::<Key>().cloned()
 }
 
+/// The header's value, as the governor extractor of the `overhead` bench takes it.
+#[derive(Clone)]
+struct HeaderKey;
+
+impl tower_governor::key_extractor::KeyExtractor for HeaderKey {
+    type Key = HeaderValue;
+    fn extract<B>(&self, r: &Request<B>) -> Result<HeaderValue, tower_governor::GovernorError> {
+        r.headers()
+            .get("x-key")
+            .cloned()
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+fn tower_governor_service<S>(
+    inner: S,
+) -> <tower_governor::GovernorLayer<
+    HeaderKey,
+    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    Body,
+> as Layer<S>>::Service
+where
+    tower_governor::GovernorLayer<
+        HeaderKey,
+        governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+        Body,
+    >: Layer<S>,
+{
+    let config = GovernorConfigBuilder::default()
+        .key_extractor(HeaderKey)
+        .period(Duration::from_secs(1))
+        .burst_size(1_000_000)
+        .finish()
+        .unwrap();
+    tower_governor::GovernorLayer::new(config)
+        .error_handler(|e| -> Response<Body> { panic!("{e}") })
+        .layer(inner)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -64,31 +103,7 @@ async fn main() {
         "bare_body" => drive(body, n).await,
         "tower" => drive(ConcurrencyLimit::new(string, 1_000_000), n).await,
         "per_key" => drive(ConcurrencyPerKeyLayer::new(1000, key_of).layer(string), n).await,
-        "tower_governor" => {
-            #[derive(Clone)]
-            struct K;
-            impl tower_governor::key_extractor::KeyExtractor for K {
-                type Key = HeaderValue;
-                fn extract<B>(
-                    &self,
-                    r: &Request<B>,
-                ) -> Result<HeaderValue, tower_governor::GovernorError> {
-                    r.headers()
-                        .get("x-key")
-                        .cloned()
-                        .ok_or(tower_governor::GovernorError::UnableToExtractKey)
-                }
-            }
-            let config = GovernorConfigBuilder::default()
-                .key_extractor(K)
-                .period(Duration::from_secs(1))
-                .burst_size(1_000_000)
-                .finish()
-                .unwrap();
-            let layer = tower_governor::GovernorLayer::new(config)
-                .error_handler(|e| -> Response<Body> { panic!("{e}") });
-            drive(layer.layer(body), n).await;
-        }
+        "tower_governor" => drive(tower_governor_service(body), n).await,
         "sliding" => drive(QuotaWindowLayer::new(sliding, header).layer(body), n).await,
         "gcra" => drive(QuotaWindowLayer::new(gcra, header).layer(body), n).await,
         "multi" => {
@@ -111,6 +126,27 @@ async fn main() {
         "retry" => drive(RetryAfterBackoffLayer::standard().layer(body), n).await,
         "classifier" => drive(ThrottleClassifierLayer::standard().layer(body), n).await,
         "per_key_header" => drive(ConcurrencyPerKeyLayer::new(1000, header).layer(body), n).await,
+        "sizes" => {
+            let mut q = QuotaWindowLayer::new(sliding, header.clone()).layer(body);
+            let mut c = ConcurrencyPerKeyLayer::new(1000, header.clone()).layer(body);
+            let mut g = tower_governor_service(body);
+            let req = || {
+                let mut r = Request::new(());
+                r.headers_mut()
+                    .insert("x-key", HeaderValue::from_static("1"));
+                r
+            };
+            println!("quota future {}", size_of_val(&q.call(req())));
+            println!(
+                "concurrency future {}",
+                size_of_val(&c.call(req()))
+            );
+            println!("governor future {}", size_of_val(&g.call(req())));
+            println!(
+                "bare future {}",
+                size_of_val(&body.clone().call(req()))
+            );
+        }
         other => panic!("unknown id {other}"),
     }
     println!("{id} {n}");

@@ -61,7 +61,7 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
     where
         St: QuotaStore,
     {
-        let key = state_key(key, class)?;
+        let key = state_key(key.clone(), class)?;
         self.config.store.cooldown(&key, until);
         Ok(())
     }
@@ -76,12 +76,12 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
 }
 
 /// The key under which a class of a key keeps its state.
-pub(super) fn state_key(key: &Key, class: &'static str) -> Result<Key, Error> {
+pub(super) fn state_key(key: Key, class: &'static str) -> Result<Key, Error> {
     if class.is_empty() {
-        return Ok(key.clone());
+        return Ok(key);
     }
     let class = Key::new(class).map_err(Error::from_key_error)?;
-    Key::compose(&[key, &class]).map_err(Error::from_key_error)
+    Key::compose(&[&key, &class]).map_err(Error::from_key_error)
 }
 
 impl<S: Clone, X, C, St, O> Clone for QuotaWindow<S, X, C, St, O> {
@@ -168,7 +168,7 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
             Some(resolve) => resolve(&key, class).unwrap_or_else(|| config.quotas.clone()),
             None => config.quotas.clone(),
         };
-        let key = match state_key(&key, class) {
+        let key = match state_key(key, class) {
             Ok(key) => key,
             Err(err) => return ResponseFuture::rejected(err, None, config),
         };
