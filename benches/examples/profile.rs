@@ -137,15 +137,9 @@ async fn main() {
                 r
             };
             println!("quota future {}", size_of_val(&q.call(req())));
-            println!(
-                "concurrency future {}",
-                size_of_val(&c.call(req()))
-            );
+            println!("concurrency future {}", size_of_val(&c.call(req())));
             println!("governor future {}", size_of_val(&g.call(req())));
-            println!(
-                "bare future {}",
-                size_of_val(&body.clone().call(req()))
-            );
+            println!("bare future {}", size_of_val(&body.clone().call(req())));
         }
         other => panic!("unknown id {other}"),
     }

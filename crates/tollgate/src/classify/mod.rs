@@ -221,7 +221,7 @@ impl Preset {
                 status == StatusCode::FORBIDDEN
                     && !headers.contains_key(RETRY_AFTER)
                     && headers
-                        .get("x-ratelimit-remaining")
+                        .get(&parse::X_RATELIMIT_REMAINING)
                         .is_none_or(|v| v.as_bytes().trim_ascii() != b"0")
             }
         }
@@ -383,17 +383,39 @@ struct Evidence {
 
 impl Evidence {
     fn read(headers: &HeaderMap, now: SystemTime) -> Self {
-        let retry_after = headers
-            .get(RETRY_AFTER)
+        // One pass over the names says which fields are there at all, so that the
+        // common response, which has none of them, costs no lookup by name (each
+        // hashes the name) and no parsing.
+        let (mut retry_after, mut rate_limit, mut x_rate_limit) = (false, false, false);
+        for name in headers.keys() {
+            let name = name.as_str();
+            if name == RETRY_AFTER {
+                retry_after = true;
+            } else if name.starts_with("ratelimit") {
+                rate_limit = true;
+            } else if name.starts_with("x-ratelimit") {
+                x_rate_limit = true;
+            }
+        }
+        let retry_after = retry_after
+            .then(|| headers.get(RETRY_AFTER))
+            .flatten()
             .and_then(|value| parse::retry_after(value, headers.get(DATE), now));
-        let limit = parse::rate_limit(headers)
-            .map(|hint| (hint, ThrottleSource::RateLimit))
-            .or_else(|| {
-                parse::rate_limit_legacy(headers, now)
-                    .map(|hint| (hint, ThrottleSource::RateLimitLegacy))
+        let limit = rate_limit
+            .then(|| {
+                parse::rate_limit(headers)
+                    .map(|hint| (hint, ThrottleSource::RateLimit))
+                    .or_else(|| {
+                        parse::rate_limit_legacy(headers, now)
+                            .map(|hint| (hint, ThrottleSource::RateLimitLegacy))
+                    })
             })
+            .flatten()
             .or_else(|| {
-                parse::x_rate_limit(headers, now).map(|hint| (hint, ThrottleSource::XRateLimit))
+                x_rate_limit
+                    .then(|| parse::x_rate_limit(headers, now))
+                    .flatten()
+                    .map(|hint| (hint, ThrottleSource::XRateLimit))
             });
         Self { retry_after, limit }
     }

@@ -8,10 +8,22 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::signal::{Throttle, ThrottleKind, ThrottleScope, ThrottleSource};
+
+// The header names read here, made once: a `&str` name is parsed on every lookup.
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_RATELIMIT_RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-reset-after");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(super) const X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
 
 /// The longest wait any parser returns: 24 hours.
 ///
@@ -94,7 +106,7 @@ pub fn proto_duration(text: &str) -> Option<Duration> {
 /// policy's window `w` stands in for the reset: within one window some quota must come
 /// back, whatever the server's algorithm.
 pub fn rate_limit(headers: &HeaderMap) -> Option<RateLimitHint> {
-    let field = combined(headers, "ratelimit")?;
+    let field = combined(headers, &RATELIMIT)?;
     let list = sfv::Parser::new(&field).parse::<sfv::List>().ok()?;
     let mut best: Option<(u64, Option<Duration>, Option<String>)> = None;
     for entry in &list {
@@ -129,7 +141,7 @@ pub fn rate_limit(headers: &HeaderMap) -> Option<RateLimitHint> {
 
 /// The `q` and `w` of the `RateLimit-Policy` item named `name`.
 fn policy(headers: &HeaderMap, name: &str) -> Option<(Option<u64>, Option<Duration>)> {
-    let field = combined(headers, "ratelimit-policy")?;
+    let field = combined(headers, &RATELIMIT_POLICY)?;
     let list = sfv::Parser::new(&field).parse::<sfv::List>().ok()?;
     list.iter().find_map(|entry| match entry {
         sfv::ListEntry::Item(item)
@@ -155,17 +167,17 @@ pub fn rate_limit_legacy(headers: &HeaderMap, now: SystemTime) -> Option<RateLim
         return Some(hint);
     }
     let hint = RateLimitHint {
-        limit: headers.get("ratelimit-limit").and_then(leading_u64),
-        remaining: headers.get("ratelimit-remaining").and_then(leading_u64),
+        limit: headers.get(&RATELIMIT_LIMIT).and_then(leading_u64),
+        remaining: headers.get(&RATELIMIT_REMAINING).and_then(leading_u64),
         reset_after: headers
-            .get("ratelimit-reset")
+            .get(&RATELIMIT_RESET)
             .and_then(|v| reset(v, headers, now)),
     };
     (!hint.is_empty()).then_some(hint)
 }
 
 fn rate_limit_07(headers: &HeaderMap) -> Option<RateLimitHint> {
-    let field = combined(headers, "ratelimit")?;
+    let field = combined(headers, &RATELIMIT)?;
     let dict = sfv::Parser::new(&field).parse::<sfv::Dictionary>().ok()?;
     let get = |key: &str| match dict.get(key) {
         Some(sfv::ListEntry::Item(item)) => item
@@ -191,16 +203,16 @@ fn rate_limit_07(headers: &HeaderMap) -> Option<RateLimitHint> {
 /// the response's `Date` header when present, else `now`; one in the past gives zero.
 pub fn x_rate_limit(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitHint> {
     let reset_after = headers
-        .get("x-ratelimit-reset-after")
+        .get(&X_RATELIMIT_RESET_AFTER)
         .and_then(|v| decimal_seconds(v.to_str().ok()?.trim()).map(cap))
         .or_else(|| {
             headers
-                .get("x-ratelimit-reset")
+                .get(&X_RATELIMIT_RESET)
                 .and_then(|v| reset(v, headers, now))
         });
     let hint = RateLimitHint {
-        limit: headers.get("x-ratelimit-limit").and_then(leading_u64),
-        remaining: headers.get("x-ratelimit-remaining").and_then(leading_u64),
+        limit: headers.get(&X_RATELIMIT_LIMIT).and_then(leading_u64),
+        remaining: headers.get(&X_RATELIMIT_REMAINING).and_then(leading_u64),
         reset_after,
     };
     (!hint.is_empty()).then_some(hint)
@@ -393,7 +405,7 @@ fn seconds(secs: u64) -> Duration {
 }
 
 /// All lines of a header joined with `", "`, as RFC 9110 §5.3 allows for list fields.
-fn combined(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut field = Vec::new();
     for value in headers.get_all(name) {
         if !field.is_empty() {
