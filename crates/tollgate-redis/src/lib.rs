@@ -1,1 +1,14 @@
-//! Redis store for tollgate (work in progress: see issue 6).
+//! Redis store for tollgate.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod concurrency;
+mod keys;
+mod maintenance;
+mod queue;
+mod quota;
+mod scripts;
+mod store;
+
+pub use concurrency::{RedisAcquire, RedisPermit};
+pub use quota::RedisQuotaAcquire;
+pub use store::{FailurePolicy, RedisStore, RedisStoreBuilder, StoreFailure};
