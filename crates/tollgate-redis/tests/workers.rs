@@ -1,0 +1,165 @@
+//! Two workers, two `RedisStore`s with their own connections, one Redis: they share
+//! quotas, concurrency and cooldowns, directly and through the unchanged layers.
+
+mod suite;
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use suite::{acquire, admit, bounded, fresh_key};
+use tokio::time::{Instant, sleep};
+use tollgate::quota::Quota;
+use tollgate::store::{QuotaAsk, QuotaSet, QuotaStore, WaitPolicy};
+use tollgate::{ConcurrencyPerKeyLayer, ErrorKind, QuotaWindowLayer};
+use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_quota_and_one_concurrency_limit() {
+    let server = redis_server!();
+    let (a, b) = (server.store(), server.store());
+    let key = fresh_key("shared");
+    let quotas = QuotaSet::from(Quota::sliding(4, Duration::from_secs(30)).unwrap());
+    let ask = QuotaAsk::new(&quotas, 1);
+    admit(&a, &key, &ask).await.unwrap();
+    admit(&b, &key, &ask).await.unwrap();
+    admit(&a, &key, &ask).await.unwrap();
+    admit(&b, &key, &ask).await.unwrap();
+    for store in [&a, &b] {
+        let err = admit(store, &key, &ask).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+        assert!(err.retry_after().unwrap() > Duration::from_secs(29));
+    }
+
+    let key = fresh_key("slots");
+    let pa = acquire(&a, &key, 2, WaitPolicy::Reject).await.unwrap();
+    let _pb = acquire(&b, &key, 2, WaitPolicy::Reject).await.unwrap();
+    for store in [&a, &b] {
+        let err = acquire(store, &key, 2, WaitPolicy::Reject)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::ConcurrencyLimited);
+    }
+    // A slot released by one worker is taken by the other, which was waiting for it.
+    let waiting = tokio::spawn({
+        let (b, key) = (b.clone(), key.clone());
+        async move { acquire(&b, &key, 2, WaitPolicy::Queue { max_queue: 4 }).await }
+    });
+    sleep(Duration::from_millis(30)).await;
+    assert!(!waiting.is_finished());
+    drop(pa);
+    bounded("the other worker's waiter", waiting)
+        .await
+        .unwrap()
+        .expect("the released slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooldown_set_by_one_worker_is_obeyed_by_the_other() {
+    let server = redis_server!();
+    let (a, b) = (server.store(), server.store());
+    let key = fresh_key("cooldown");
+    let quotas = QuotaSet::from(Quota::sliding(100, Duration::from_secs(1)).unwrap());
+    let ask = QuotaAsk::new(&quotas, 1);
+    admit(&b, &key, &ask).await.unwrap();
+
+    // A 429 seen by worker A pauses the key for worker B.
+    a.cooldown(&key, Instant::now() + Duration::from_millis(600));
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let err = loop {
+        // The cooldown reaches Redis in the background, within one round trip.
+        match admit(&b, &key, &ask).await {
+            Err(err) => break err,
+            Ok(_) if Instant::now() < deadline => sleep(Duration::from_millis(2)).await,
+            Ok(_) => panic!("worker B never saw worker A's cooldown"),
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert!(err.retry_after().unwrap() <= Duration::from_millis(600));
+    sleep(err.retry_after().unwrap()).await;
+    admit(&b, &key, &ask).await.expect("the cooldown is over");
+
+    // A global cooldown by A holds every key of B within B's refresh interval (50 ms).
+    let other = fresh_key("other");
+    a.cooldown_all(Instant::now() + Duration::from_millis(800));
+    sleep(Duration::from_millis(200)).await;
+    let err = admit(&b, &other, &ask).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert!(err.retry_after().unwrap() <= Duration::from_millis(600));
+}
+
+/// The layers take a `RedisStore` with no change: two workers' stacks on one mailbox
+/// admit no more than the quota between them, and never more than the limit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_enforce_one_limit_across_workers() {
+    let server = redis_server!();
+    let key = fresh_key("mailbox").to_string();
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let served = Arc::new(AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let store = server.store();
+        let (in_flight, peak, served) = (in_flight.clone(), peak.clone(), served.clone());
+        let mailbox = {
+            let key = key.clone();
+            move |_: &http::Request<()>| tollgate::key::Key::new(key.as_str())
+        };
+        let client = ServiceBuilder::new()
+            .layer(
+                QuotaWindowLayer::new(
+                    Quota::sliding(6, Duration::from_secs(30)).unwrap(),
+                    mailbox.clone(),
+                )
+                .store(store.clone())
+                .reject(),
+            )
+            .layer(ConcurrencyPerKeyLayer::new(2, mailbox).store(store))
+            .service(service_fn(move |_req: http::Request<()>| {
+                let (in_flight, peak, served) = (in_flight.clone(), peak.clone(), served.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    sleep(Duration::from_millis(20)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    served.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(http::Response::new(()))
+                }
+            }));
+        for _ in 0..5 {
+            let client = client.clone();
+            workers.push(tokio::spawn(async move {
+                let result: Result<_, BoxError> = client.oneshot(http::Request::new(())).await;
+                result.map(|_| ()).map_err(|e| {
+                    e.downcast_ref::<tollgate::Error>()
+                        .map(tollgate::Error::kind)
+                        .expect("a tollgate error")
+                })
+            }));
+        }
+    }
+    let mut refused = 0;
+    for worker in workers {
+        match bounded("request", worker).await.unwrap() {
+            Ok(()) => {}
+            Err(kind) => {
+                assert_eq!(kind, ErrorKind::QuotaExceeded);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 6);
+    assert_eq!(refused, 4);
+    assert!(peak.load(Ordering::SeqCst) <= 2);
+    // The quota counted the six served requests, and only them.
+    let store = server.store();
+    let quotas = QuotaSet::from(Quota::sliding(6, Duration::from_secs(30)).unwrap());
+    let key = tollgate::key::Key::new(key.as_str()).unwrap();
+    assert!(matches!(
+        suite::decide(store.admit(&key, &QuotaAsk::new(&quotas, 1))).await,
+        Err(e) if e.kind() == ErrorKind::QuotaExceeded
+    ));
+}
