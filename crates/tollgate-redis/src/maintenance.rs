@@ -162,7 +162,7 @@ impl Task {
                     })
                     .sum();
                 if lost > 0 {
-                    tracing::warn!(target: "tollgate::redis", lost, "concurrency leases expired before renewal; their slots may be taken by others");
+                    tracing::warn!(target: "tollgate::redis", lost, "concurrency leases were gone at renewal (expired unrenewed, or Redis lost its data); put back");
                 }
             }
             Some(Err(err)) => {

@@ -2,21 +2,18 @@
 --
 -- KEYS[1]  the key's leases; ARGV[2..] the lease ids held by this worker
 --
--- A lease still in the set is renewed even if its expiry has passed: every acquisition
--- drops expired leases before counting, so one still present was counted by nobody
--- else. Returns how many leases were gone (reclaimed: the holder was too slow).
+-- A lease stands for a request that is really in flight, so one that is gone (it
+-- expired while this worker could not renew it, or Redis restarted without its data)
+-- is put back: the count then tells the truth again, even if it is above the limit
+-- for a while (new acquisitions wait until it is below). Returns how many were gone.
 local real = clock()
 local ttl = tonumber(ARGV[1])
 local expiry = string.format('%.0f', real + ttl)
-local lost = 0
+local gone = 0
 for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
-  else
-    lost = lost + 1
+  if redis.call('ZADD', KEYS[1], expiry, ARGV[i]) == 1 then
+    gone = gone + 1
   end
 end
-if redis.call('ZCARD', KEYS[1]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1)
-end
-return lost
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1)
+return gone
