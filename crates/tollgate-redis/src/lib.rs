@@ -69,6 +69,11 @@
 //! - **smooth** (GCRA with burst `b`): at most `b + N − 1` in any interval of length `W`,
 //!   units spaced `⌈W/N⌉` after the burst.
 //!
+//! A property test drives the scripts (in a real Redis, on a clock it controls) and
+//! `tollgate::quota` through the same random steps, several quotas at once, with
+//! refunds: they make the same decisions, name the same refusing quota and the same
+//! wait, and report the same usage.
+//!
 //! Redis's clock has microseconds, so the script works in microseconds: every quota
 //! duration (window, bucket, emission interval) is rounded **up** to a whole
 //! microsecond, which can only make a quota stricter, by less than a microsecond per
@@ -220,6 +225,12 @@ mod queue;
 mod quota;
 mod scripts;
 mod store;
+
+#[cfg(test)]
+mod model_tests;
+// The test support module (shared with tests/) names the crate.
+#[cfg(test)]
+extern crate self as tollgate_redis;
 
 pub use concurrency::{RedisAcquire, RedisPermit};
 pub use quota::RedisQuotaAcquire;

@@ -29,14 +29,14 @@ const OPEN: u64 = LOCAL | (1 << 62);
 
 /// A quota set as the scripts take it: microseconds, rounded up (never more
 /// permissive than the nanosecond maths of `tollgate::quota`).
-struct Params {
-    args: Vec<u64>,
-    sig: String,
-    forget: u64,
+pub(crate) struct Params {
+    pub(crate) args: Vec<u64>,
+    pub(crate) sig: String,
+    pub(crate) forget: u64,
 }
 
 impl Params {
-    fn new(quotas: &QuotaSet) -> Self {
+    pub(crate) fn new(quotas: &QuotaSet) -> Self {
         let mut args = Vec::with_capacity(1 + 5 * quotas.len());
         args.push(quotas.len() as u64);
         let mut forget = 0;

@@ -1,5 +1,5 @@
 -- tollgate-redis: the window maths of tollgate::quota, on Redis's clock in microseconds.
--- Shared by admit.lua and refund.lua (prepended to each; see scripts.rs).
+-- Prepended to every script, after clock() (see scripts.rs).
 --
 -- A quota q is {kind, limit, cap, window, step} (microseconds, rounded up from the
 -- Rust quota's nanoseconds, so never more permissive):
@@ -165,11 +165,6 @@ local function quotas(first, n)
     }
   end
   return qs
-end
-
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 local function load(key)

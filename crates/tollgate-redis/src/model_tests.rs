@@ -1,0 +1,184 @@
+//! The scripts' window maths against `tollgate::quota`'s, decision by decision.
+//!
+//! The scripts run in a real `redis-server` on a clock the test drives (a variant of
+//! each script that takes the time as its last argument), next to `tollgate::quota`'s
+//! `check_all` / `commit_all` / `refund_all` on the same steps. The scripts count in
+//! microseconds, `tollgate::quota` in nanoseconds: fed the same numbers (a quota of
+//! `W` µs for the script, of `W` ns for the reference, and the same times), the two
+//! must decide exactly alike: the same admissions, the same refusing quota, the same
+//! wait, the same `remaining` and reset for headers, with refunds of earlier
+//! admissions in between. So the scripts are the in-memory maths on a microsecond
+//! clock, with the same guarantees and worst cases.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use redis::Script;
+use tollgate::quota::{self, Quota, Wait, WindowState};
+use tollgate::store::QuotaSet;
+
+use crate::quota::Params;
+use crate::scripts::{ADMIT, REFUND, with_fake_clock};
+
+/// Unix time in µs around now: the scripts' numbers as large as in production.
+const BASE: u64 = 1_763_800_000_000_000;
+
+/// A quota kind, limit, window (in clock units) and burst.
+#[derive(Clone, Copy, Debug)]
+struct Spec(u8, u32, u64, u32);
+
+impl Spec {
+    fn quota(self, unit: fn(u64) -> Duration) -> Quota {
+        let Spec(kind, n, w, b) = self;
+        match kind {
+            0 => Quota::sliding(n, unit(w)).unwrap(),
+            1 => Quota::fixed(n, unit(w)).unwrap(),
+            _ => Quota::smooth(n, unit(w)).unwrap().burst(b).unwrap(),
+        }
+    }
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    // Windows of 1 ms to 20 ms in nanoseconds (the reference's minimum is 1 ms), that
+    // is 1 s to 20 s for the script, with any remainder modulo 32 or N.
+    (0u8..3, 1u32..=8, 1_000_000u64..=20_000_000, 1u32..=5)
+        .prop_map(|(kind, n, w, b)| Spec(kind, n, w, b))
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    advance: u64,
+    cost: u32,
+    refund: Option<usize>,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0u64), 0u64..3_000_000, 0u64..25_000_000],
+            0u32..=6,
+            prop::option::weighted(0.15, any::<usize>()),
+        )
+            .prop_map(|(advance, cost, refund)| Step {
+                advance,
+                cost,
+                refund,
+            }),
+        1..60,
+    )
+}
+
+struct Scripts {
+    admit: Script,
+    refund: Script,
+}
+
+fn run_case(
+    con: &mut redis::Connection,
+    scripts: &Scripts,
+    name: &str,
+    specs: &[Spec],
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let script_quotas =
+        QuotaSet::new(specs.iter().map(|s| s.quota(Duration::from_micros))).unwrap();
+    let params = Params::new(&script_quotas);
+    let quotas = &QuotaSet::new(specs.iter().map(|s| s.quota(Duration::from_nanos))).unwrap();
+    let mut states: Vec<WindowState> = quota::fresh_states(quotas, BASE).collect();
+    let mut now = BASE;
+    let mut admitted: Vec<(u64, u32)> = Vec::new();
+    for step in steps {
+        now += step.advance;
+        if let (Some(pick), false) = (step.refund, admitted.is_empty()) {
+            let (at, cost) = admitted.swap_remove(pick % admitted.len());
+            quota::refund_all(quotas, &mut states, at, now, cost);
+            let mut call = scripts.refund.key(name);
+            call.arg((at, cost, &params.sig, &params.args, now));
+            let done: i64 = call.invoke(con).unwrap();
+            prop_assert_eq!(done, 1);
+        }
+        let mut call = scripts.admit.key(name);
+        call.arg((
+            step.cost,
+            0,
+            0,
+            1,
+            params.forget,
+            &params.sig,
+            &params.args,
+            now,
+        ));
+        let reply: Vec<i64> = call.invoke(con).unwrap();
+        match quota::check_all(quotas, &states, now, step.cost) {
+            Ok(()) => {
+                quota::commit_all(quotas, &mut states, now, step.cost);
+                admitted.push((now, step.cost));
+                prop_assert_eq!(
+                    reply[0],
+                    1,
+                    "admitted in memory, not by the script: {:?}",
+                    reply
+                );
+                prop_assert_eq!(reply[1] as u64, now);
+                for (i, (q, s)) in quotas.iter().zip(&states).enumerate() {
+                    prop_assert_eq!(
+                        reply[2 + 2 * i] as u32,
+                        s.remaining(q, now),
+                        "remaining of {}",
+                        q
+                    );
+                    let reset = s.reset_after(q, now).as_nanos() as u64;
+                    prop_assert_eq!(reply[3 + 2 * i] as u64, reset, "reset of {}", q);
+                }
+            }
+            Err(denied) => match denied.wait() {
+                Wait::Never => {
+                    prop_assert_eq!(&reply[..], &[2, denied.index() as i64][..]);
+                }
+                Wait::After(wait) => {
+                    prop_assert_eq!(reply[0], 0, "refused in memory, admitted by the script");
+                    prop_assert_eq!(reply[1] as u64, wait.get(), "wait");
+                    prop_assert_eq!(reply[2], 0, "not a cooldown");
+                    prop_assert_eq!(reply[3] as usize, denied.index(), "refusing quota");
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_scripts_decide_exactly_as_the_in_memory_maths() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(server) = runtime.block_on(support::RedisServer::start()) else {
+        return;
+    };
+    let con = std::cell::RefCell::new(
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap(),
+    );
+    let scripts = Scripts {
+        admit: with_fake_clock(ADMIT),
+        refund: with_fake_clock(REFUND),
+    };
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::with_cases(256)
+    });
+    let case = std::cell::Cell::new(0u32);
+    let strategy = (prop::collection::vec(spec(), 1..=3), steps());
+    runner
+        .run(&strategy, |(specs, steps)| {
+            // A fresh Redis key per case (shrinking reruns get new ones too).
+            case.set(case.get() + 1);
+            let name = format!("model:{}", case.get());
+            run_case(&mut con.borrow_mut(), &scripts, &name, &specs, &steps)
+        })
+        .unwrap();
+}
