@@ -169,6 +169,7 @@ impl RedisStore {
         req: &Request,
         failure: StoreFailure,
     ) -> Admission<RedisPermit, RedisAcquire> {
+        tracing::debug!(target: "tollgate::redis", key = %req.key.id(), policy = ?self.shared.policy, error = %failure, decision = "degraded");
         match self.shared.policy {
             FailurePolicy::FailOpen => Admission::Ready(RedisPermit { inner: Held::Open }),
             FailurePolicy::Fallback { fleet_size } => {
@@ -186,7 +187,9 @@ impl RedisStore {
                     }
                 }
             }
-            _ => Admission::Rejected(Shared::unavailable(req.key.id(), failure)),
+            FailurePolicy::FailClosed => {
+                Admission::Rejected(Shared::unavailable(req.key.id(), failure))
+            }
         }
     }
 }

@@ -124,6 +124,7 @@ struct Request {
     key: Key,
     name: Arc<[u8]>,
     quotas: QuotaSet,
+    params: Params,
     cost: u32,
     report: bool,
     policy: WaitPolicy,
@@ -135,16 +136,15 @@ struct Request {
 impl RedisStore {
     async fn admit_script(&self, req: &Request, queued: bool) -> Result<Reply, StoreFailure> {
         let shared = &self.shared;
-        let params = Params::new(&req.quotas);
         let spacing = if queued { micros_up(req.spacing) } else { 0 };
         let args = (
             req.cost,
             shared.hold(&req.name),
             spacing,
             u8::from(req.report),
-            params.forget,
-            params.sig,
-            params.args,
+            req.params.forget,
+            &req.params.sig,
+            &req.params.args,
         );
         let reply: Vec<i64> = shared.eval(&SCRIPTS.admit, &req.name, args).await?;
         let num = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
@@ -177,6 +177,7 @@ impl RedisStore {
         req: &Request,
         failure: StoreFailure,
     ) -> Admission<QuotaGrant, RedisQuotaAcquire> {
+        tracing::debug!(target: "tollgate::redis", key = %req.key.id(), policy = ?self.shared.policy, error = %failure, decision = "degraded");
         match self.shared.policy {
             FailurePolicy::FailOpen => Admission::Ready(QuotaGrant::new(OPEN, req.cost)),
             FailurePolicy::Fallback { fleet_size } => {
@@ -196,7 +197,9 @@ impl RedisStore {
                     }
                 }
             }
-            _ => Admission::Rejected(Shared::unavailable(req.key.id(), failure)),
+            FailurePolicy::FailClosed => {
+                Admission::Rejected(Shared::unavailable(req.key.id(), failure))
+            }
         }
     }
 
@@ -222,11 +225,10 @@ fn local_grant(grant: &QuotaGrant) -> QuotaGrant {
 }
 
 impl Request {
-    async fn run(self, mut place: Option<Place>) -> Result<QuotaGrant, Error> {
+    /// `queued`: the request joined its queue behind others. Such a request, or one
+    /// refused at least once, is released from a queue: the spacing applies after it.
+    async fn run(self, mut place: Option<Place>, mut queued: bool) -> Result<QuotaGrant, Error> {
         let store = &self.store;
-        // A request that queued behind others, or was refused, is released from a
-        // queue: the spacing applies after it.
-        let mut queued = place.as_ref().is_some_and(|p| !p.is_head());
         loop {
             if let Some(place) = &place {
                 place.turn().await;
@@ -305,6 +307,7 @@ impl QuotaStore for RedisStore {
             key: key.clone(),
             name,
             quotas: ask.quotas.clone(),
+            params: Params::new(ask.quotas),
             cost: ask.cost,
             report: ask.report,
             policy: ask.policy,
@@ -328,7 +331,8 @@ impl QuotaStore for RedisStore {
                 }
             }
         };
-        Admission::Wait(RedisQuotaAcquire(Box::pin(req.run(place))))
+        let queued = place.as_ref().is_some_and(|p| !p.is_head());
+        Admission::Wait(RedisQuotaAcquire(Box::pin(req.run(place, queued))))
     }
 
     fn refund(&self, key: &Key, quotas: &QuotaSet, grant: &QuotaGrant) {

@@ -357,6 +357,17 @@ impl RedisStore {
             .map_err(|f| Error::new(ErrorKind::StoreUnavailable).with_source(f))
     }
 
+    /// The connection the store uses (a cheap clone shares it), for callers that want
+    /// to talk to the same Redis, such as a benchmark's baseline.
+    pub fn connection_manager(&self) -> &ConnectionManager {
+        &self.shared.conn
+    }
+
+    /// The prefix of the store's Redis key names.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
     /// The failure policy in force.
     pub fn failure_policy(&self) -> FailurePolicy {
         self.shared.policy
