@@ -151,6 +151,10 @@
 //! script. A global cooldown set by one worker is obeyed by the others within that
 //! interval plus one round trip, and by the worker that set it at once.
 //!
+//! Cooldown ends are given to Redis as "this long from now", read when the request
+//! leaves, and to other workers as "this long from now" as Redis reads it: each hop may
+//! make a cooldown end up to one request's latency later than asked, never earlier.
+//!
 //! # Key layout (Redis Cluster)
 //!
 //! ```text

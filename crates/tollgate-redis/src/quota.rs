@@ -375,9 +375,11 @@ impl QuotaStore for RedisStore {
         }
         let store = self.clone();
         shared.handle.spawn(async move {
+            // Measured when sent, so that a busy runtime does not lengthen it.
+            let delay = until.saturating_duration_since(Instant::now());
             let _: Result<i64, _> = store
                 .shared
-                .eval(&SCRIPTS.cooldown, &name, micros_up(delay))
+                .eval(&SCRIPTS.cooldown, &name, micros_up(delay).max(1))
                 .await;
         });
     }
@@ -395,8 +397,9 @@ impl QuotaStore for RedisStore {
         let store = self.clone();
         shared.handle.spawn(async move {
             let shared = &store.shared;
+            let delay = until.saturating_duration_since(Instant::now());
             let _: Result<i64, _> = shared
-                .eval(&SCRIPTS.global, &shared.global_key, micros_up(delay))
+                .eval(&SCRIPTS.global, &shared.global_key, micros_up(delay).max(1))
                 .await;
         });
     }

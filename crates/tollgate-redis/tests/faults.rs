@@ -111,13 +111,13 @@ async fn fail_closed_refuses_with_store_unavailable_within_the_timeout_then_reco
     // Meanwhile Redis is not asked again: refusals come at once.
     let (err, took) = admit_now(&store, &key, &ask).await;
     assert_eq!(err.unwrap_err().kind(), ErrorKind::StoreUnavailable);
-    assert!(took < Duration::from_millis(50), "{took:?}");
+    assert!(took < TIMEOUT, "{took:?}: it waited for Redis");
     let err = acquire_now(&store, &key, 5).await.err().unwrap();
     assert_eq!(err.kind(), ErrorKind::StoreUnavailable);
     // Dropping a permit while Redis is down never blocks.
     let start = Instant::now();
     drop(held);
-    assert!(start.elapsed() < Duration::from_millis(50));
+    assert!(start.elapsed() < TIMEOUT);
     server.thaw().await;
 
     // Killed: refused as well, at once (the connection fails fast) or within the timeout.

@@ -53,18 +53,17 @@ async fn a_slot_whose_holder_died_is_reclaimed_after_the_lease_ttl() {
             .enable_all()
             .build()
             .unwrap();
-        let permit = runtime.block_on(async {
+        let (permit, taken) = runtime.block_on(async {
             let store = tollgate_redis::RedisStore::builder(url)
                 .lease_ttl(ttl)
                 .build()
                 .unwrap();
-            acquire(&store, &holder_key, 1, WaitPolicy::Reject)
-                .await
-                .unwrap()
+            let permit = acquire(&store, &holder_key, 1, WaitPolicy::Reject).await;
+            (permit.unwrap(), Instant::now())
         });
         drop(runtime);
         drop(permit);
-        Instant::now()
+        taken
     })
     .join()
     .unwrap();
