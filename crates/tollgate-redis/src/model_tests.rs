@@ -182,3 +182,158 @@ fn the_scripts_decide_exactly_as_the_in_memory_maths() {
         })
         .unwrap();
 }
+
+/// The scripts' own rules beyond the window maths, on a clock the test drives.
+struct Driven {
+    con: redis::Connection,
+    admit: Script,
+    cooldown: Script,
+    _server: support::RedisServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Driven {
+    fn start() -> Option<Self> {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = runtime.block_on(support::RedisServer::start())?;
+        let con = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        Some(Driven {
+            con,
+            admit: with_fake_clock(ADMIT),
+            cooldown: with_fake_clock(include_str!("lua/cooldown.lua")),
+            _server: server,
+            _runtime: runtime,
+        })
+    }
+
+    /// Admits `cost` at `now` (µs) with the given hold and spacing: the script's reply.
+    fn admit(
+        &mut self,
+        key: &str,
+        quotas: &QuotaSet,
+        cost: u32,
+        hold: u64,
+        spacing: u64,
+        now: u64,
+    ) -> Vec<i64> {
+        let p = Params::new(quotas);
+        let mut call = self.admit.key(key);
+        call.arg((cost, hold, spacing, 0, p.forget, &p.sig, &p.args, now));
+        call.invoke(&mut self.con).unwrap()
+    }
+
+    fn cooldown(&mut self, key: &str, delay: u64, now: u64) -> i64 {
+        let mut call = self.cooldown.key(key);
+        call.arg((delay, now));
+        call.invoke(&mut self.con).unwrap()
+    }
+
+    fn pttl(&mut self, key: &str) -> i64 {
+        redis::cmd("PTTL").arg(key).query(&mut self.con).unwrap()
+    }
+}
+
+const SEC: u64 = 1_000_000;
+
+fn one(quota: Quota) -> QuotaSet {
+    QuotaSet::from(quota)
+}
+
+#[test]
+fn a_clock_stepping_back_reopens_nothing_and_waits_count_from_the_real_time() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = one(Quota::fixed(1, Duration::from_secs(10)).unwrap());
+    let t = BASE - BASE % (10 * SEC);
+    assert_eq!(d.admit("back", &q, 1, 0, 0, t + SEC)[0], 1);
+    // The wall clock steps back 5 s: the key still remembers t + 1 s, and the wait is
+    // counted from the clock as it reads now (the window ends at t + 10 s).
+    let reply = d.admit("back", &q, 1, 0, 0, t - 4 * SEC);
+    assert_eq!(reply[..2], [0, (14 * SEC) as i64]);
+    assert_eq!(d.admit("back", &q, 1, 0, 0, t + 10 * SEC)[0], 1);
+}
+
+#[test]
+fn a_cooldown_before_any_admission_survives_the_first_admission() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = one(Quota::sliding(5, Duration::from_secs(1)).unwrap());
+    assert_eq!(d.cooldown("cool", 3 * SEC, BASE), (3 * SEC) as i64);
+    assert!(d.pttl("cool") >= 3000);
+    // Refused as throttled (flag 1), with the exact rest of the cooldown.
+    assert_eq!(
+        d.admit("cool", &q, 1, 0, 0, BASE + SEC),
+        [0, (2 * SEC) as i64, 1, 0]
+    );
+    // A shorter cooldown does not shorten it.
+    d.cooldown("cool", SEC, BASE + SEC);
+    assert_eq!(
+        d.admit("cool", &q, 1, 0, 0, BASE + 3 * SEC - 1)[..3],
+        [0, 1, 1]
+    );
+    assert_eq!(d.admit("cool", &q, 1, 0, 0, BASE + 3 * SEC)[0], 1);
+}
+
+#[test]
+fn a_hold_is_a_cooldown_and_a_full_window_beyond_it_is_not_throttling() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = one(Quota::fixed(1, Duration::from_secs(10)).unwrap());
+    let t = BASE - BASE % (10 * SEC);
+    assert_eq!(
+        d.admit("hold", &q, 1, 2 * SEC, 0, t),
+        [0, (2 * SEC) as i64, 1, 0]
+    );
+    assert_eq!(d.admit("hold", &q, 1, 0, 0, t)[0], 1);
+    // Full until t + 10 s; a hold of 2 s is not what keeps it: quota exceeded (flag 0).
+    assert_eq!(
+        d.admit("hold", &q, 1, 2 * SEC, 0, t + SEC),
+        [0, (9 * SEC) as i64, 0, 0]
+    );
+}
+
+#[test]
+fn a_release_from_a_queue_spaces_every_later_admission_of_the_key() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = one(Quota::sliding(100, Duration::from_secs(1)).unwrap());
+    assert_eq!(d.admit("spaced", &q, 1, 0, 50_000, BASE)[0], 1);
+    // Nobody (this worker or another) is admitted before BASE + 50 ms.
+    assert_eq!(
+        d.admit("spaced", &q, 1, 0, 0, BASE + 10_000)[..3],
+        [0, 40_000, 0]
+    );
+    assert_eq!(d.admit("spaced", &q, 1, 0, 0, BASE + 50_000)[0], 1);
+    assert_eq!(d.admit("spaced", &q, 1, 0, 0, BASE + 50_000)[0], 1);
+}
+
+#[test]
+fn another_quota_set_restarts_the_windows_and_keeps_the_cooldown() {
+    let Some(mut d) = Driven::start() else { return };
+    let small = one(Quota::sliding(1, Duration::from_secs(60)).unwrap());
+    let other = one(Quota::sliding(2, Duration::from_secs(60)).unwrap());
+    assert_eq!(d.admit("sets", &small, 1, 0, 0, BASE)[0], 1);
+    assert_eq!(d.admit("sets", &small, 1, 0, 0, BASE)[0], 0);
+    assert_eq!(d.admit("sets", &other, 1, 0, 0, BASE)[0], 1);
+    d.cooldown("sets", SEC, BASE);
+    assert_eq!(
+        d.admit("sets", &small, 1, 0, 0, BASE)[..3],
+        [0, SEC as i64, 1]
+    );
+}
+
+#[test]
+fn an_admitted_state_expires_once_it_is_forgotten() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = QuotaSet::new([
+        Quota::sliding(5, Duration::from_secs(64)).unwrap(),
+        Quota::smooth(1, Duration::from_secs(10))
+            .unwrap()
+            .burst(3)
+            .unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(d.admit("ttl", &q, 1, 0, 0, BASE)[0], 1);
+    // forget_after: the longest of W + g = 66 s and b·T = 30 s, plus 1 ms.
+    let ttl = d.pttl("ttl");
+    assert!((65_900..=66_001).contains(&ttl), "{ttl}");
+}
