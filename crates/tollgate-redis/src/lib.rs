@@ -169,8 +169,9 @@
 //! A tollgate key is arbitrary bytes (up to 512), written in hex inside the hash tag,
 //! so no byte of it can close the tag or clash with another key; `_global` is not hex.
 //! The [prefix](RedisStoreBuilder::prefix) (default `tollgate:`) may not contain `{`
-//! or `}`. Every script touches exactly one key, declared in `KEYS`, so every call is
-//! valid on Redis Cluster; renewals and releases are pipelines of single-key commands.
+//! or `}`. Every script touches the names of one tollgate key only, declared in
+//! `KEYS` and sharing its hash tag, so every call is valid on Redis Cluster; renewals
+//! and releases are pipelines of single-key commands.
 //! The connection here is a single-endpoint `ConnectionManager` (a standalone Redis,
 //! or a proxy in front of a cluster); nothing in the layout or the scripts would change
 //! for redis-rs's cluster connection.
@@ -210,7 +211,7 @@
 //! - Refunds and cooldowns reach Redis in the background, within one round trip; a
 //!   global cooldown reaches other workers within the refresh interval.
 //! - No adaptive concurrency limit, no `max_keys` (Redis's `maxmemory` is the bound;
-//!   every key expires once idle), no snapshots.
+//!   every key expires once idle); [`RedisStore::snapshot`] is a round trip.
 //! - A quota set's state is keyed by its signature: workers configured with different
 //!   quotas for one key restart each other's windows; give every worker the same
 //!   quotas.
@@ -228,6 +229,7 @@ mod maintenance;
 mod queue;
 mod quota;
 mod scripts;
+mod snapshot;
 mod store;
 
 #[cfg(test)]
@@ -238,4 +240,5 @@ extern crate self as tollgate_redis;
 
 pub use concurrency::{RedisAcquire, RedisPermit};
 pub use quota::RedisQuotaAcquire;
+pub use snapshot::RedisSnapshot;
 pub use store::{FailurePolicy, RedisStore, RedisStoreBuilder, StoreFailure};

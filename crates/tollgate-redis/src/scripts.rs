@@ -27,6 +27,7 @@ pub(crate) struct Scripts {
     pub(crate) global: Script,
     pub(crate) lease_acquire: Script,
     pub(crate) lease_renew: Script,
+    pub(crate) peek: Script,
 }
 
 fn script(clock: &str, body: &str) -> Script {
@@ -40,6 +41,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     global: script(CLOCK, include_str!("lua/global.lua")),
     lease_acquire: script(CLOCK, include_str!("lua/lease_acquire.lua")),
     lease_renew: script(CLOCK, include_str!("lua/lease_renew.lua")),
+    peek: script(CLOCK, include_str!("lua/peek.lua")),
 });
 
 /// `body` on a clock the caller passes as the last argument (microseconds), for tests

@@ -172,3 +172,85 @@ async fn the_layers_enforce_one_limit_across_workers() {
         Err(e) if e.kind() == ErrorKind::QuotaExceeded
     ));
 }
+
+/// Wait mode through the layer, two workers on one key: every request is served, and
+/// the service, counting on its own side, never sees more than the quota in any window
+/// (the layer's safety margin covers the latency between Redis's admission and the
+/// service's count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_workers_are_all_served_and_paced_across_the_fleet() {
+    let server = redis_server!();
+    let key = fresh_key("paced").to_string();
+    let window = Duration::from_millis(400);
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut requests = Vec::new();
+    for _ in 0..2 {
+        let store = server.store();
+        let arrivals = arrivals.clone();
+        let key = key.clone();
+        let client = ServiceBuilder::new()
+            .layer(
+                QuotaWindowLayer::new(
+                    Quota::sliding(4, window).unwrap(),
+                    move |_: &http::Request<()>| tollgate::key::Key::new(key.as_str()),
+                )
+                .safety_margin(Duration::from_millis(100))
+                .unwrap()
+                .max_wait(Duration::from_secs(20))
+                .store(store),
+            )
+            .service(service_fn(move |_req: http::Request<()>| {
+                arrivals.lock().unwrap().push(Instant::now());
+                async { Ok::<_, Infallible>(http::Response::new(())) }
+            }));
+        for _ in 0..6 {
+            let client = client.clone();
+            requests.push(tokio::spawn(client.oneshot(http::Request::new(()))));
+        }
+    }
+    for request in requests {
+        bounded("a waiting request", request)
+            .await
+            .unwrap()
+            .expect("served after waiting");
+    }
+    let mut arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 12);
+    arrivals.sort();
+    for (i, at) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..]
+            .iter()
+            .take_while(|t| **t - *at < window)
+            .count();
+        assert!(in_window <= 4, "{in_window} arrivals within {window:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_shows_what_every_worker_did_to_a_key() {
+    let server = redis_server!();
+    let (a, b) = (server.store(), server.store());
+    let key = fresh_key("snapshot");
+    let quotas = QuotaSet::new([
+        Quota::sliding(4, Duration::from_secs(30)).unwrap(),
+        Quota::fixed(10, Duration::from_secs(3600)).unwrap(),
+    ])
+    .unwrap();
+    let fresh = a.snapshot(&key, &quotas).await.unwrap();
+    assert_eq!((fresh.in_flight, fresh.cooldown_until), (0, None));
+    assert_eq!(fresh.usage[0].remaining, 4);
+    assert_eq!(fresh.usage[1].reset_after, Duration::ZERO);
+
+    admit(&a, &key, &QuotaAsk::new(&quotas, 2)).await.unwrap();
+    let _held = acquire(&b, &key, 3, WaitPolicy::Reject).await.unwrap();
+    let _also = acquire(&a, &key, 3, WaitPolicy::Reject).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    b.cooldown(&key, until);
+    sleep(Duration::from_millis(100)).await; // the cooldown reaches Redis meanwhile
+    let seen = a.snapshot(&key, &quotas).await.unwrap();
+    assert_eq!(seen.in_flight, 2);
+    assert_eq!(seen.usage[0].remaining, 2);
+    assert_eq!(seen.usage[1].remaining, 8);
+    let cooldown = seen.cooldown_until.expect("b's cooldown");
+    assert!(cooldown > until - Duration::from_millis(5) && cooldown < until + LATENCY);
+}
