@@ -427,7 +427,14 @@ impl Shared {
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreFailure> {
         let failure = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                if self.down_until.load(Ordering::Relaxed) != 0
+                    && self.down_until.swap(0, Ordering::Relaxed) != 0
+                {
+                    tracing::info!(target: "tollgate::redis", "redis available again");
+                }
+                return Ok(value);
+            }
             Ok(Err(err)) => StoreFailure::Redis(err),
             Err(_) => StoreFailure::Timeout(self.timeout),
         };

@@ -20,6 +20,14 @@ async fn a_held_lease_is_renewed_past_its_ttl() {
     );
     let key = fresh_key("renewed");
     let permit = acquire(&holder, &key, 1, WaitPolicy::Reject).await.unwrap();
+    // The server forgets its scripts (as after a restart or failover): renewals load
+    // theirs again.
+    let mut conn = holder.connection_manager().clone();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     for _ in 0..10 {
         sleep(ttl / 3).await;
         let err = acquire(&other, &key, 1, WaitPolicy::Reject)
