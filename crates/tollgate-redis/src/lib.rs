@@ -134,7 +134,7 @@
 //! seen at the next poll.
 //!
 //! Adaptive limits ([`ConcurrencyFeedback`](tollgate::store::ConcurrencyFeedback)) are
-//! not applied: see [`RedisPermit`].
+//! not applied to leases (only to the local fallback's permits): see [`RedisPermit`].
 //!
 //! # Cooldowns
 //!
