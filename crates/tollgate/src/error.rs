@@ -125,7 +125,9 @@ impl ErrorKind {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind) -> Self {
+    /// An error of `kind`, without key, retry time or source: for stores and layers
+    /// outside this crate (a Redis store's [`ErrorKind::StoreUnavailable`]).
+    pub fn new(kind: ErrorKind) -> Self {
         Error {
             kind,
             key: None,
@@ -140,24 +142,27 @@ impl Error {
         Error::new(ErrorKind::Key).with_source(err)
     }
 
-    pub(crate) fn with_key(mut self, key: KeyId) -> Self {
+    /// Names the key the decision was about.
+    pub fn with_key(mut self, key: KeyId) -> Self {
         self.key = Some(key);
         self
     }
 
     /// Sets when to come back, as a delay from `now`.
-    pub(crate) fn with_retry_after(mut self, now: Instant, after: Duration) -> Self {
+    pub fn with_retry_after(mut self, now: Instant, after: Duration) -> Self {
         self.retry_after = Some(after);
         self.retry_at = Some(now + after);
         self
     }
 
-    pub(crate) fn with_quota_index(mut self, index: usize) -> Self {
+    /// Names the refusing quota by its position in the key's quota set.
+    pub fn with_quota_index(mut self, index: usize) -> Self {
         self.quota = u8::try_from(index).ok();
         self
     }
 
-    pub(crate) fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+    /// Attaches the underlying failure ([`Error::source`] returns it).
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
     }

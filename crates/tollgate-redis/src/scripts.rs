@@ -1,0 +1,55 @@
+//! The Lua scripts, each loaded once per server and run with `EVALSHA`.
+//!
+//! [`redis::Script`] sends `EVALSHA` and, on `NOSCRIPT` (a restarted or flushed
+//! server, a failover to a replica that never saw the script), loads the script and
+//! runs it again in the same call. Every script is the clock, the shared window maths
+//! (`lua/windows.lua`) and its own body, so each is self-contained.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Redis's clock, in microseconds since the Unix epoch (below 2^53 until 2255).
+const CLOCK: &str = "local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+";
+
+const WINDOWS: &str = include_str!("lua/windows.lua");
+pub(crate) const ADMIT: &str = include_str!("lua/admit.lua");
+pub(crate) const REFUND: &str = include_str!("lua/refund.lua");
+
+pub(crate) struct Scripts {
+    pub(crate) admit: Script,
+    pub(crate) refund: Script,
+    pub(crate) cooldown: Script,
+    pub(crate) global: Script,
+    pub(crate) lease_acquire: Script,
+    pub(crate) lease_renew: Script,
+    pub(crate) peek: Script,
+}
+
+fn script(clock: &str, body: &str) -> Script {
+    Script::new(&format!("{clock}{WINDOWS}\n{body}"))
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    admit: script(CLOCK, ADMIT),
+    refund: script(CLOCK, REFUND),
+    cooldown: script(CLOCK, include_str!("lua/cooldown.lua")),
+    global: script(CLOCK, include_str!("lua/global.lua")),
+    lease_acquire: script(CLOCK, include_str!("lua/lease_acquire.lua")),
+    lease_renew: script(CLOCK, include_str!("lua/lease_renew.lua")),
+    peek: script(CLOCK, include_str!("lua/peek.lua")),
+});
+
+/// `body` on a clock the caller passes as the last argument (microseconds), for tests
+/// that drive the scripts through time they choose.
+#[cfg(test)]
+pub(crate) fn with_fake_clock(body: &str) -> Script {
+    script(
+        "local function clock()\n  return tonumber(ARGV[#ARGV])\nend\n",
+        body,
+    )
+}
