@@ -212,12 +212,7 @@ impl QuotaStore for MemoryStore {
     type Acquire = MemoryQuotaAcquire;
 
     fn admit(&self, key: &Key, ask: &QuotaAsk<'_>) -> Admission<QuotaGrant, MemoryQuotaAcquire> {
-        if ask.cost > ask.quotas.capacity() {
-            let index = ask
-                .quotas
-                .iter()
-                .position(|q| q.capacity() < ask.cost)
-                .unwrap_or(0);
+        if let Some(index) = ask.quotas.too_costly(ask.cost) {
             return Admission::Rejected(Refusal::Never(index).into_error(key, Instant::now()));
         }
         let shared = &self.shared;

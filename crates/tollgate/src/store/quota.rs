@@ -81,6 +81,17 @@ impl QuotaSet {
         self.0.capacity
     }
 
+    /// The index of the first quota of the set that can never admit `cost` units
+    /// (a cost above its [`capacity`](Quota::capacity)), or `None` when every quota can.
+    /// A store refuses such a request at once with
+    /// [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh) and this index.
+    pub fn too_costly(&self, cost: u32) -> Option<usize> {
+        if cost <= self.0.capacity {
+            return None;
+        }
+        self.0.quotas.iter().position(|q| q.capacity() < cost)
+    }
+
     /// The spacing of releases from a wait queue: the shortest `window / limit` of the
     /// set, the average interval at which the most generous quota replenishes.
     pub fn release_spacing(&self) -> Duration {
@@ -304,5 +315,17 @@ mod tests {
         grant.set_usage(QuotaSet::MAX, used); // out of range: ignored
         assert_eq!(grant.usage(), &[QuotaUsage::default(), used]);
         assert_eq!((grant.admitted_at(), grant.cost()), (5, 2));
+    }
+
+    #[test]
+    fn too_costly_names_the_first_quota_that_can_never_admit() {
+        let set = QuotaSet::new([
+            Quota::sliding(100, Duration::from_secs(60)).unwrap(),
+            Quota::sliding(10, Duration::from_secs(1)).unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(set.too_costly(10), None);
+        assert_eq!(set.too_costly(11), Some(1));
+        assert_eq!(set.too_costly(101), Some(0));
     }
 }
