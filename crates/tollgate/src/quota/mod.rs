@@ -87,6 +87,19 @@
 //! takes the ready inner service with it, exactly as
 //! [`ConcurrencyPerKey`](crate::concurrency) does.
 //!
+//! **Quotas of different keys** (Telegram's 1 per second per chat *and* 30 per second
+//! per bot; Chat's per-space *and* per-project quotas) take one layer per key, stacked.
+//! Only the innermost layer counts at the instant the request leaves for the server:
+//! an outer layer counts when it admits, and a request it admitted may then wait in an
+//! inner layer's queue. So the outer bound holds on admissions, and on arrivals at the
+//! server only up to that wait: requests the outer layer spread out can reach the
+//! server closer together after waiting in different inner queues. Put the layer whose
+//! quota is the tighter one for the traffic (the one that makes requests wait) innermost,
+//! run the outer ones in reject mode or with a short `max_wait`, or give the outer
+//! quota a [`safety_margin`](QuotaWindowLayer::safety_margin) of the inner wait. One
+//! layer admitting under several keys' quotas at once, all or nothing, would remove
+//! this; it is not built yet.
+//!
 //! # The maths
 //!
 //! Google Chat lets an app create fewer than 35 spaces per minute *and* 800 per hour:
