@@ -190,6 +190,8 @@ struct Run {
     requests: u64,
     served: u64,
     throttled: u64,
+    /// Of those, answered `429` for concurrency (Graph's MailboxConcurrency).
+    throttled_concurrency: u64,
     elapsed: Duration,
     timeline: Vec<TimelineBucket>,
 }
@@ -302,6 +304,7 @@ async fn run_graph(strategy: Strategy) -> Result<Run, BoxError> {
         requests: stats.totals.requests,
         served: stats.totals.ok,
         throttled: stats.totals.throttled(),
+        throttled_concurrency: stats.totals.throttled_concurrency,
         elapsed,
         timeline: stats.timeline,
     })
@@ -365,6 +368,7 @@ async fn run_telegram(strategy: Strategy) -> Result<Run, BoxError> {
         requests: stats.overall.requests,
         served: stats.overall.ok,
         throttled: stats.overall.throttled(),
+        throttled_concurrency: 0,
         elapsed,
         timeline: stats.timeline,
     })
@@ -437,6 +441,7 @@ async fn run_chat(strategy: Strategy) -> Result<Run, BoxError> {
         requests,
         served,
         throttled,
+        throttled_concurrency: 0,
         elapsed,
         timeline: stats.timeline,
     })
@@ -644,10 +649,11 @@ async fn main() -> Result<(), BoxError> {
         for strategy in Strategy::ALL {
             let run = scenario.run(strategy).await?;
             eprintln!(
-                "{} / {strategy}: {} requests, {} answered 429, goodput {:.3}, {:.2} s",
+                "{} / {strategy}: {} requests, {} answered 429 ({} for concurrency), goodput {:.3}, {:.2} s",
                 scenario.name(),
                 run.requests,
                 run.throttled,
+                run.throttled_concurrency,
                 run.goodput(),
                 run.elapsed.as_secs_f64()
             );

@@ -16,9 +16,11 @@
 //! concurrency limit and the quota. `--strategy` picks the client:
 //!
 //! - `tollgate` (default): `RetryAfterBackoff` (Graph preset, backoff scaled to the
-//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 10 ms of
-//!   margin) → `ConcurrencyPerKey` (4) → `ThrottleClassifier` (Graph preset) →
-//!   `hyper_util` client, the limits keyed by mailbox;
+//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 25 ms of
+//!   margin, queued requests released at least 45 ms apart) → `ConcurrencyPerKey` (4)
+//!   → `ThrottleClassifier` (Graph preset) → `hyper_util` client, the limits keyed by
+//!   mailbox (the client is in `tollgate_examples::graph`, which says why those
+//!   figures);
 //! - `retry-only`: `RetryAfterBackoff` → `ThrottleClassifier` → client, no limits;
 //! - `naive`: 4 tries with exponential backoff (100 ms · 2^n) ignoring `Retry-After`,
 //!   no limits, as common clients do.

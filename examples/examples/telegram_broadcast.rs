@@ -20,8 +20,10 @@
 //! `ThrottleClassifier` (Telegram preset) → `hyper_util` client, `POST
 //! /bot{token}/sendMessage` with a JSON body in a `Full<Bytes>` (`Clone`, so retries
 //! can replay it). Both quotas are widened by 5 ms for the time between our admission
-//! and the server's count (the client is shared with the `goodput` comparison, in
-//! `tollgate_examples::telegram`).
+//! and the server's count, and the per-bot queue releases at least 30 ms apart (a
+//! little under 1 s / 30, so that timer lateness does not add up; see
+//! `tollgate_examples::telegram`, where this client is shared with the `goodput`
+//! comparison).
 //!
 //! **Order of the two quota layers**: a layer counts a request when it admits it, the
 //! server when it arrives; a request that then waits in the other quota layer's queue
