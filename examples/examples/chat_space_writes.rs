@@ -51,39 +51,21 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Body;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use http_body_util::Full;
+
 use tokio::time::Instant;
-use tollgate::classify::ThrottleClassifierLayer;
-use tollgate::key::{Constant, PathSegment};
-use tollgate::quota::{Quota, QuotaSet, ReadWrite};
-use tollgate::retry::Backoff;
-use tollgate::{QuotaWindowLayer, RetryAfterBackoffLayer};
+use tollgate_examples::chat::{
+    PROJECT_READS, PROJECT_WRITES, SPACE_READS, SPACE_WRITES, WINDOW, build_client, read,
+    simulator, write,
+};
+use tollgate_examples::strategy::{Strategy, Svc};
 use tollgate_sim::ChatSim;
-use tower::util::BoxCloneService;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::BoxError;
 
-/// Chat's minute, shrunk.
-const WINDOW: Duration = Duration::from_secs(2);
-const SPACE_READS: u32 = 90;
-const SPACE_WRITES: u32 = 6;
-const PROJECT_READS: u32 = 360;
-const PROJECT_WRITES: u32 = 24;
-/// The project this client bills to (`x-goog-user-project`).
-const PROJECT: &str = "tollgate-demo";
-/// Time between our admission and the server's count.
-const MARGIN: Duration = Duration::from_millis(20);
-/// How long the simulator holds each admitted request.
-const LATENCY: Duration = Duration::from_millis(5);
-
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+/// The strategy of this example: the full tollgate stack.
+const STRATEGY: Strategy = Strategy::Tollgate;
 
 struct Args {
     spaces: usize,
@@ -122,111 +104,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Reads the body of every response, so that the stack is one boxed service.
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneService::new(
-        service
-            .map_err(Into::into)
-            .and_then(|response: Response<B>| async move {
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
-            }),
-    )
-}
-
-fn sliding(limit: u32) -> Result<QuotaSet, BoxError> {
-    Ok(QuotaSet::from(
-        Quota::sliding(limit, WINDOW)?.with_margin(MARGIN)?,
-    ))
-}
-
-fn build_client() -> Result<Svc, BoxError> {
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-
-    let (space_reads, space_writes) = (sliding(SPACE_READS)?, sliding(SPACE_WRITES)?);
-    let per_space = QuotaWindowLayer::new(
-        space_writes.clone(),
-        PathSegment::pattern("/v1/spaces/{space}/messages", "space")?,
-    )
-    .classify(ReadWrite)
-    .quotas_for(move |_space, class| {
-        Some(if class == "read" {
-            space_reads.clone()
-        } else {
-            space_writes.clone()
-        })
-    });
-
-    let (project_reads, project_writes) = (sliding(PROJECT_READS)?, sliding(PROJECT_WRITES)?);
-    let per_project = QuotaWindowLayer::new(project_writes.clone(), Constant::new(PROJECT))
-        .classify(ReadWrite)
-        .quotas_for(move |_project, class| {
-            Some(if class == "read" {
-                project_reads.clone()
-            } else {
-                project_writes.clone()
-            })
-        });
-
-    let retry = RetryAfterBackoffLayer::google()
-        .backoff(Backoff::full_jitter(Duration::from_millis(100), WINDOW))
-        .max_elapsed(Duration::from_secs(30));
-
-    Ok(boxed(
-        ServiceBuilder::new()
-            .layer(retry)
-            .layer(per_project)
-            .layer(per_space)
-            .layer(ThrottleClassifierLayer::google())
-            .service(http),
-    ))
-}
-
-async fn call(client: Svc, request: Request<Full<Bytes>>) -> Result<Value, String> {
-    let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
-    if response.status() != StatusCode::OK {
-        return Err(format!("status {}", response.status()));
-    }
-    serde_json::from_slice(response.body()).map_err(|e| e.to_string())
-}
-
-async fn write(client: Svc, url: &str, text: &str) -> Result<(), String> {
-    let body = json!({ "text": text }).to_string();
-    let request = Request::post(url)
-        .header("content-type", "application/json")
-        .header("x-goog-user-project", PROJECT)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    call(client, request).await.map(drop)
-}
-
-/// The texts of the space's messages (the first 1000).
-async fn read(client: Svc, url: &str) -> Result<Vec<String>, String> {
-    let request = Request::get(format!("{url}?pageSize=1000"))
-        .header("x-goog-user-project", PROJECT)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let body = call(client, request).await?;
-    Ok(body["messages"]
-        .as_array()
-        .map(|messages| {
-            messages
-                .iter()
-                .filter_map(|m| m["text"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 #[derive(Default)]
 struct SpaceResult {
     writes_ok: usize,
@@ -236,24 +113,29 @@ struct SpaceResult {
     missing: usize,
 }
 
-async fn work_space(client: Svc, url: String, space: String, writes: usize) -> SpaceResult {
+async fn work_space(
+    client: Svc<Full<Bytes>>,
+    url: String,
+    space: String,
+    writes: usize,
+) -> SpaceResult {
     let mut result = SpaceResult::default();
     let mut written = Vec::new();
     for n in 0..writes {
         let text = format!("{space} message {n}");
-        match write(client.clone(), &url, &text).await {
+        match write(STRATEGY, client.clone(), &url, &text).await {
             Ok(()) => {
                 result.writes_ok += 1;
                 written.push(text);
             }
             Err(e) => result.failed.push(format!("write {n}: {e}")),
         }
-        match read(client.clone(), &url).await {
+        match read(STRATEGY, client.clone(), &url).await {
             Ok(_) => result.reads_ok += 1,
             Err(e) => result.failed.push(format!("read after write {n}: {e}")),
         }
     }
-    match read(client.clone(), &url).await {
+    match read(STRATEGY, client.clone(), &url).await {
         Ok(texts) => {
             result.reads_ok += 1;
             let seen: HashSet<String> = texts.into_iter().collect();
@@ -277,17 +159,9 @@ async fn main() -> Result<(), BoxError> {
         }
     };
 
-    let sim = ChatSim::new()
-        .spaces(args.spaces)
-        .space_reads(SPACE_READS, WINDOW)
-        .space_writes(SPACE_WRITES, WINDOW)
-        .project_reads(PROJECT_READS, WINDOW)
-        .project_writes(PROJECT_WRITES, WINDOW)
-        .latency(LATENCY)
-        .start()
-        .await?;
+    let sim = simulator(args.spaces).start().await?;
 
-    let client = build_client()?;
+    let client = build_client(STRATEGY)?;
     let planned = |index: usize| {
         if index == 0 {
             args.hot_writes

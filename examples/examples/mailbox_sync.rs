@@ -16,9 +16,11 @@
 //! concurrency limit and the quota. `--strategy` picks the client:
 //!
 //! - `tollgate` (default): `RetryAfterBackoff` (Graph preset, backoff scaled to the
-//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 10 ms of
-//!   margin) → `ConcurrencyPerKey` (4) → `ThrottleClassifier` (Graph preset) →
-//!   `hyper_util` client, the limits keyed by mailbox;
+//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 25 ms of
+//!   margin, queued requests released at least 45 ms apart) → `ConcurrencyPerKey` (4)
+//!   → `ThrottleClassifier` (Graph preset) → `hyper_util` client, the limits keyed by
+//!   mailbox (the client is in `tollgate_examples::graph`, which says why those
+//!   figures);
 //! - `retry-only`: `RetryAfterBackoff` → `ThrottleClassifier` → client, no limits;
 //! - `naive`: 4 tries with exponential backoff (100 ms · 2^n) ignoring `Retry-After`,
 //!   no limits, as common clients do.
@@ -44,64 +46,19 @@
 //! on a running server instead of the simulator; no server statistics then).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Body;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
-use tollgate::classify::ThrottleClassifierLayer;
-use tollgate::key::PathSegment;
-use tollgate::quota::Quota;
-use tollgate::retry::Backoff;
-use tollgate::{ConcurrencyPerKeyLayer, QuotaWindowLayer, RetryAfterBackoffLayer};
+use tollgate_examples::graph::{
+    CONCURRENCY, PAGE, QUOTA, WINDOW, build_client, simulator, sync_mailbox,
+};
+use tollgate_examples::strategy::Strategy;
 use tollgate_sim::{GraphSim, SimStats};
-use tower::util::BoxCloneService;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-
-/// Messages per page (`$top`).
-const PAGE: u64 = 25;
-/// Workers paging one mailbox at once: twice what Graph allows in flight.
-const WORKERS_PER_MAILBOX: usize = 8;
-/// Graph's concurrency limit per mailbox.
-const CONCURRENCY: u32 = 4;
-/// The simulator's quota per mailbox: `QUOTA` requests in any sliding `WINDOW`.
-const QUOTA: u32 = 40;
-const WINDOW: Duration = Duration::from_secs(2);
-/// How long the simulator holds each admitted request.
-const LATENCY: Duration = Duration::from_millis(20);
-/// Tries of the naive client, and its first backoff (doubled each time).
-const NAIVE_TRIES: u32 = 4;
-const NAIVE_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Every strategy, boxed: a request in, a response with its body read out.
-type Svc = BoxCloneService<Request<Empty<Bytes>>, Response<Bytes>, BoxError>;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Strategy {
-    Tollgate,
-    RetryOnly,
-    Naive,
-}
-
-impl Strategy {
-    fn name(self) -> &'static str {
-        match self {
-            Strategy::Tollgate => "tollgate",
-            Strategy::RetryOnly => "retry-only",
-            Strategy::Naive => "naive",
-        }
-    }
-}
+use tower::BoxError;
 
 #[derive(Debug)]
 struct Args {
@@ -133,12 +90,9 @@ fn parse_args() -> Result<Args, String> {
                 args.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?;
             }
             "--strategy" => {
-                args.strategy = match value()?.as_str() {
-                    "tollgate" => Strategy::Tollgate,
-                    "retry-only" => Strategy::RetryOnly,
-                    "naive" => Strategy::Naive,
-                    other => return Err(format!("unknown strategy {other:?}")),
-                };
+                let name = value()?;
+                args.strategy = Strategy::from_name(&name)
+                    .ok_or_else(|| format!("unknown strategy {name:?}"))?;
             }
             "--target" => args.target = Some(value()?.trim_end_matches('/').to_owned()),
             "--json" => args.json = true,
@@ -157,209 +111,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Reads the body of every response, so that each strategy is one boxed service and a
-/// concurrency slot (held until the body ends) is released as soon as the page is read.
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneService::new(
-        service
-            .map_err(Into::into)
-            .and_then(|response: Response<B>| async move {
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
-            }),
-    )
-}
-
-/// Graph's retry preset with its own backoff (3 s base, 180 s cap) scaled down to the
-/// simulator's 2 s window; hints (`Retry-After`) are obeyed as they come.
-fn retry_layer() -> RetryAfterBackoffLayer {
-    RetryAfterBackoffLayer::graph()
-        .backoff(Backoff::full_jitter(
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        ))
-        .max_inline_wait(Duration::from_secs(10))
-        .max_elapsed(Duration::from_secs(30))
-}
-
-fn build_client(strategy: Strategy, sent: &Arc<AtomicU64>) -> Result<Svc, BoxError> {
-    let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    // Counts every request handed to the HTTP client, retries included.
-    let counter = Arc::clone(sent);
-    let count = move |request: Request<Empty<Bytes>>| {
-        counter.fetch_add(1, Ordering::Relaxed);
-        request
-    };
-    Ok(match strategy {
-        Strategy::Tollgate => {
-            let mailbox = PathSegment::pattern("/v1.0/users/{id}/messages", "id")?;
-            boxed(
-                ServiceBuilder::new()
-                    .layer(retry_layer())
-                    .layer(
-                        QuotaWindowLayer::new(Quota::sliding(QUOTA, WINDOW)?, mailbox.clone())
-                            // For the time between our admission and the server's count:
-                            // loopback takes well under a millisecond, and a request that
-                            // waits for a slot below waits at most a few latencies (20 ms)
-                            // during a burst, while releases are paced W/N = 50 ms apart.
-                            // Every millisecond here costs goodput (the window is 2 s).
-                            .safety_margin(Duration::from_millis(10))?,
-                    )
-                    .layer(ConcurrencyPerKeyLayer::new(CONCURRENCY, mailbox))
-                    .layer(ThrottleClassifierLayer::graph())
-                    .map_request(count)
-                    .service(http),
-            )
-        }
-        Strategy::RetryOnly => boxed(
-            ServiceBuilder::new()
-                .layer(retry_layer())
-                .layer(ThrottleClassifierLayer::graph())
-                .map_request(count)
-                .service(http),
-        ),
-        Strategy::Naive => boxed(ServiceBuilder::new().map_request(count).service(http)),
-    })
-}
-
-/// One page: the message ids and the next link, if any.
-struct Page {
-    ids: Vec<String>,
-    next: Option<String>,
-}
-
-async fn get_page(client: Svc, uri: &str) -> Result<Page, String> {
-    let request = Request::get(uri)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
-    if response.status() != StatusCode::OK {
-        return Err(format!("status {}", response.status()));
-    }
-    let body: Value = serde_json::from_slice(response.body()).map_err(|e| e.to_string())?;
-    let ids = body["value"]
-        .as_array()
-        .ok_or("no `value` array")?
-        .iter()
-        .filter_map(|m| m["id"].as_str().map(str::to_owned))
-        .collect();
-    let next = body["@odata.nextLink"].as_str().map(str::to_owned);
-    Ok(Page { ids, next })
-}
-
-/// Fetches one page with the strategy's own retries: tollgate and retry-only retry in
-/// the stack; naive retries here, blind to `Retry-After`.
-async fn fetch(strategy: Strategy, client: Svc, uri: &str) -> Result<Page, String> {
-    if strategy != Strategy::Naive {
-        return get_page(client, uri).await;
-    }
-    let mut tries = 0;
-    loop {
-        match get_page(client.clone(), uri).await {
-            Ok(page) => return Ok(page),
-            Err(e) if tries + 1 >= NAIVE_TRIES => return Err(e),
-            Err(_) => {
-                tokio::time::sleep(NAIVE_BACKOFF * 2u32.pow(tries)).await;
-                tries += 1;
-            }
-        }
-    }
-}
-
-/// What one mailbox's sync produced.
-#[derive(Default)]
-struct MailboxResult {
-    ids: HashSet<String>,
-    duplicates: u64,
-    ok_pages: u64,
-    failed_pages: u64,
-    /// Messages in pages that failed (planned pages only: a followed link's size is
-    /// unknown, so it counts as a failed page without messages).
-    failed_messages: u64,
-}
-
-async fn sync_mailbox(
-    strategy: Strategy,
-    client: Svc,
-    base: String,
-    mailbox: String,
-    expected: u64,
-    bar: ProgressBar,
-    total_bar: ProgressBar,
-) -> MailboxResult {
-    let offsets: Vec<u64> = (0..expected.div_ceil(PAGE)).map(|p| p * PAGE).collect();
-    let next = Arc::new(AtomicU64::new(0));
-    let offsets = Arc::new(offsets);
-    let result = Arc::new(Mutex::new(MailboxResult::default()));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..WORKERS_PER_MAILBOX {
-        let (client, base, mailbox) = (client.clone(), base.clone(), mailbox.clone());
-        let (bar, total_bar) = (bar.clone(), total_bar.clone());
-        let (next, offsets, result) =
-            (Arc::clone(&next), Arc::clone(&offsets), Arc::clone(&result));
-        workers.spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&skip) = usize::try_from(index).ok().and_then(|i| offsets.get(i)) else {
-                    return;
-                };
-                let mut uri =
-                    format!("{base}/v1.0/users/{mailbox}/messages?$top={PAGE}&$skip={skip}");
-                let mut planned = Some(PAGE.min(expected - skip));
-                // Follow `@odata.nextLink` past the planned pages, if the server has more.
-                loop {
-                    match fetch(strategy, client.clone(), &uri).await {
-                        Ok(page) => {
-                            let mut r = result.lock().unwrap();
-                            let len = page.ids.len() as u64;
-                            for id in page.ids {
-                                if !r.ids.insert(id) {
-                                    r.duplicates += 1;
-                                }
-                            }
-                            r.ok_pages += 1;
-                            drop(r);
-                            bar.inc(len);
-                            total_bar.inc(len);
-                            // Only the last planned page, and the pages after it, lead on.
-                            let last = planned.is_none() || skip + PAGE >= expected;
-                            match page.next {
-                                Some(link) if last => {
-                                    uri = link;
-                                    planned = None;
-                                }
-                                _ => break,
-                            }
-                        }
-                        Err(_) => {
-                            let mut r = result.lock().unwrap();
-                            r.failed_pages += 1;
-                            r.failed_messages += planned.unwrap_or(0);
-                            bar.set_message(format!("{} failed pages", r.failed_pages));
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    while workers.join_next().await.is_some() {}
-    bar.finish();
-    Arc::try_unwrap(result)
-        .ok()
-        .map(|m| m.into_inner().unwrap())
-        .unwrap_or_default()
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = match parse_args() {
@@ -372,16 +123,7 @@ async fn main() -> Result<(), BoxError> {
 
     let sim = match &args.target {
         Some(_) => None,
-        None => Some(
-            GraphSim::new()
-                .mailboxes(args.mailboxes)
-                .messages_per_mailbox(args.messages)
-                .quota(QUOTA, WINDOW)
-                .concurrency(CONCURRENCY)
-                .latency(LATENCY)
-                .start()
-                .await?,
-        ),
+        None => Some(simulator(args.mailboxes, args.messages).start().await?),
     };
     let base = match (&args.target, &sim) {
         (Some(target), _) => target.clone(),

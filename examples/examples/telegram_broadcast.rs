@@ -19,8 +19,11 @@
 //! sliding, 30 per 1 s) → `QuotaWindow` per chat (smooth, 1 per 1 s) →
 //! `ThrottleClassifier` (Telegram preset) → `hyper_util` client, `POST
 //! /bot{token}/sendMessage` with a JSON body in a `Full<Bytes>` (`Clone`, so retries
-//! can replay it). Both quotas are widened by 20 ms for the time between our admission
-//! and the server's count.
+//! can replay it). Both quotas are widened by 5 ms for the time between our admission
+//! and the server's count, and the per-bot queue releases at least 30 ms apart (a
+//! little under 1 s / 30, so that timer lateness does not add up; see
+//! `tollgate_examples::telegram`, where this client is shared with the `goodput`
+//! comparison).
 //!
 //! **Order of the two quota layers**: a layer counts a request when it admits it, the
 //! server when it arrives; a request that then waits in the other quota layer's queue
@@ -64,39 +67,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Body;
+use http::StatusCode;
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
-use tollgate::classify::ThrottleClassifierLayer;
-use tollgate::key::{Constant, Header};
-use tollgate::quota::{ObeyThrottles, Quota};
-use tollgate::{ErrorKind, QuotaWindowLayer, RetryAfterBackoffLayer};
-use tollgate_sim::TelegramSim;
+use tollgate::ErrorKind;
+use tollgate_examples::strategy::{Strategy, Svc};
+use tollgate_examples::telegram::{
+    BOT_WINDOW, FLOOD_AFTER, build_client, chat_id, send_request, simulator,
+};
 use tollgate_sim::telegram::TEST_TOKEN;
-use tower::util::BoxCloneService;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-
-/// Per chat: 1 message per `CHAT_WINDOW`.
-const CHAT_WINDOW: Duration = Duration::from_secs(1);
-/// Per bot: `BOT_LIMIT` messages per `BOT_WINDOW`.
-const BOT_LIMIT: u32 = 30;
-const BOT_WINDOW: Duration = Duration::from_secs(1);
-/// The flood wait the simulator hands out (the figure seen in the wild).
-const FLOOD_WAIT: Duration = Duration::from_secs(4310);
-/// `429`s in a row that put a chat under the flood wait.
-const FLOOD_AFTER: u32 = 3;
-/// Time between our admission and the server's count.
-const MARGIN: Duration = Duration::from_millis(20);
-/// How long each delivered message is held by the simulator.
-const LATENCY: Duration = Duration::from_millis(5);
-/// Chat ids: private chats (positive ids) from here.
-const FIRST_CHAT_ID: i64 = 1000;
-
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+use tower::{BoxError, ServiceExt};
 
 struct Args {
     chats: usize,
@@ -144,60 +127,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn chat_id(index: usize) -> i64 {
-    FIRST_CHAT_ID + index as i64
-}
-
-/// Reads the body of every response, so that the stack is one boxed service.
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneService::new(
-        service
-            .map_err(Into::into)
-            .and_then(|response: Response<B>| async move {
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
-            }),
-    )
-}
-
-fn build_client() -> Result<Svc, BoxError> {
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let per_chat = QuotaWindowLayer::new(
-        Quota::smooth(1, CHAT_WINDOW)?.with_margin(MARGIN)?,
-        Header::new("x-chat-id"),
-    );
-    let per_bot = QuotaWindowLayer::new(
-        Quota::sliding(BOT_LIMIT, BOT_WINDOW)?.with_margin(MARGIN)?,
-        Constant::new("bot"),
-    )
-    .obey_throttles(ObeyThrottles::GlobalOnly);
-    Ok(boxed(
-        ServiceBuilder::new()
-            .layer(RetryAfterBackoffLayer::telegram())
-            .layer(per_bot)
-            .layer(per_chat)
-            .layer(ThrottleClassifierLayer::telegram())
-            .service(http),
-    ))
-}
-
-fn send_request(url: &str, chat: i64, text: &str) -> Result<Request<Full<Bytes>>, BoxError> {
-    let body = json!({ "chat_id": chat, "text": text }).to_string();
-    Ok(Request::post(url)
-        .header("content-type", "application/json")
-        .header("x-chat-id", chat.to_string())
-        .body(Full::new(Bytes::from(body)))?)
-}
-
 /// What happened to one chat's messages.
 #[derive(Default)]
 struct ChatResult {
@@ -210,7 +139,12 @@ struct ChatResult {
     attempts: u32,
 }
 
-async fn broadcast_chat(client: Svc, url: String, chat: i64, messages: usize) -> ChatResult {
+async fn broadcast_chat(
+    client: Svc<Full<Bytes>>,
+    url: String,
+    chat: i64,
+    messages: usize,
+) -> ChatResult {
     let mut result = ChatResult::default();
     for n in 0..messages {
         let text = format!("broadcast {n} to chat {chat}");
@@ -282,14 +216,7 @@ async fn main() -> Result<(), BoxError> {
         }
     };
 
-    let sim = TelegramSim::new()
-        .per_chat(1, CHAT_WINDOW)
-        .overall(BOT_LIMIT, BOT_WINDOW)
-        .flood_wait(FLOOD_WAIT)
-        .flood_after(FLOOD_AFTER)
-        .latency(LATENCY)
-        .start()
-        .await?;
+    let sim = simulator().start().await?;
     let url = sim.send_message_url(TEST_TOKEN);
 
     if let Some(index) = args.flooded {
@@ -309,7 +236,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
 
-    let client = build_client()?;
+    let client = build_client(Strategy::Tollgate)?;
     let started = Instant::now();
     let mut chats = tokio::task::JoinSet::new();
     for index in 0..args.chats {
