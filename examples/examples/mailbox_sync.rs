@@ -17,7 +17,7 @@
 //!
 //! - `tollgate` (default): `RetryAfterBackoff` (Graph preset, backoff scaled to the
 //!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 25 ms of
-//!   margin, queued requests released at least 45 ms apart) → `ConcurrencyPerKey` (4)
+//!   margin, queued requests released at the default spacing, 45 ms) → `ConcurrencyPerKey` (4)
 //!   → `ThrottleClassifier` (Graph preset) → `hyper_util` client, the limits keyed by
 //!   mailbox (the client is in `tollgate_examples::graph`, which says why those
 //!   figures);

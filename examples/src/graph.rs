@@ -48,12 +48,6 @@ pub const LATENCY: Duration = Duration::from_millis(20);
 /// window and answer `429`. Every millisecond costs 0.05 % of goodput (the window is
 /// 2 s).
 pub const MARGIN: Duration = Duration::from_millis(25);
-/// The least time between two releases from a mailbox's quota queue: 45 ms, a tenth
-/// under `WINDOW / QUOTA`. The default spacing is exactly `W / N` (50 ms) counted from
-/// the instant the previous waiter was actually released, so every release's timer
-/// lateness adds up (0.95 to 0.96 of the allowed rate, 0.87 on a loaded machine); a
-/// little under it leaves the sliding window alone to keep the quota.
-pub const RELEASE_SPACING: Duration = Duration::from_millis(45);
 
 /// The Graph simulator with these limits, `mailboxes` mailboxes of `messages` each.
 pub fn simulator(mailboxes: usize, messages: u64) -> GraphSim {
@@ -101,8 +95,7 @@ pub fn build_client(
                     .layer(retry_layer())
                     .layer(
                         QuotaWindowLayer::new(Quota::sliding(QUOTA, WINDOW)?, mailbox.clone())
-                            .safety_margin(MARGIN)?
-                            .release_spacing(RELEASE_SPACING),
+                            .safety_margin(MARGIN)?,
                     )
                     .layer(ConcurrencyPerKeyLayer::new(CONCURRENCY, mailbox))
                     .layer(ThrottleClassifierLayer::graph())

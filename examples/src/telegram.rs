@@ -38,17 +38,6 @@ pub const FLOOD_AFTER: u32 = 3;
 /// millisecond. Every millisecond here costs 0.1 % of the bot's throughput (the window
 /// is 1 s). Against a real server, use the jitter of its latency.
 pub const MARGIN: Duration = Duration::from_millis(5);
-/// The least time between two releases from the per-bot queue: 30 ms, a tenth under
-/// `BOT_WINDOW / BOT_LIMIT`.
-///
-/// The default spacing is exactly `W / N` of the widened window (33.5 ms), counted
-/// from the instant the previous waiter was actually released; every release comes a
-/// millisecond or two late (tokio's timer has millisecond resolution, and the waiter
-/// must be scheduled), and the lateness adds up: 35 ms per message, 0.94 to 0.96 of
-/// the allowed 30/s in `goodput`. With a spacing a little under `W / N` the sliding
-/// window alone keeps the quota (never more than 30 in any second) and the spacing
-/// only breaks up floods: 0.97 to 0.98.
-pub const BOT_RELEASE_SPACING: Duration = Duration::from_millis(30);
 /// How long each delivered message is held by the simulator.
 pub const LATENCY: Duration = Duration::from_millis(5);
 /// Chat ids: private chats (positive ids) from here.
@@ -73,8 +62,8 @@ pub fn simulator() -> TelegramSim {
 /// The client of `strategy`:
 ///
 /// - `tollgate`: `RetryAfterBackoff` (Telegram preset) → `QuotaWindow` per bot
-///   (constant key, sliding 30 per 1 s, releases at least [`BOT_RELEASE_SPACING`]
-///   apart, obeying global throttles only) →
+///   (constant key, sliding 30 per 1 s, queue released at the default spacing, nine
+///   tenths of `W / N`, obeying global throttles only) →
 ///   `QuotaWindow` per chat (`x-chat-id` header, smooth 1 per 1 s) →
 ///   `ThrottleClassifier` (Telegram preset) → `hyper_util` client; both quotas widened
 ///   by [`MARGIN`];
@@ -96,8 +85,7 @@ pub fn build_client(strategy: Strategy) -> Result<Svc<Full<Bytes>>, BoxError> {
                 Quota::sliding(BOT_LIMIT, BOT_WINDOW)?.with_margin(MARGIN)?,
                 Constant::new("bot"),
             )
-            .obey_throttles(ObeyThrottles::GlobalOnly)
-            .release_spacing(BOT_RELEASE_SPACING);
+            .obey_throttles(ObeyThrottles::GlobalOnly);
             boxed(
                 ServiceBuilder::new()
                     .layer(RetryAfterBackoffLayer::telegram())

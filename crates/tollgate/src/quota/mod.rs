@@ -38,8 +38,8 @@
 //!   to be longer fails at once with [`ErrorKind::WaitExceeded`](crate::ErrorKind::WaitExceeded)
 //!   and the time it would have taken). The head of the queue sleeps until the exact
 //!   instant its request fits; when room returns, waiters are released in order and at
-//!   least `release_spacing` apart (by default the shortest `W / N` of the set), not as
-//!   a flood. Waits end on tokio's timer, which fires on whole milliseconds: an
+//!   least `release_spacing` apart (by default nine tenths of the shortest `W / N` of the
+//!   set), not as a flood. Waits end on tokio's timer, which fires on whole milliseconds: an
 //!   admission may come up to 1 ms after the exact instant, never before it.
 //! - **Reject mode** ([`reject`](QuotaWindowLayer::reject); [`respond`](QuotaWindowLayer::respond)
 //!   for servers): a request that does not fit fails at once with

@@ -52,7 +52,7 @@ impl QuotaSet {
             capacity: quotas.iter().map(Quota::capacity).min().unwrap_or(0),
             spacing: quotas
                 .iter()
-                .map(|q| q.window() / q.limit())
+                .map(|q| q.window() / q.limit() * 9 / 10)
                 .min()
                 .unwrap_or(Duration::ZERO),
             forget_after: quotas
@@ -92,8 +92,16 @@ impl QuotaSet {
         self.0.quotas.iter().position(|q| q.capacity() < cost)
     }
 
-    /// The spacing of releases from a wait queue: the shortest `window / limit` of the
-    /// set, the average interval at which the most generous quota replenishes.
+    /// The spacing of releases from a wait queue: nine tenths of the shortest
+    /// `window / limit` of the set (the average interval at which the most generous
+    /// quota replenishes).
+    ///
+    /// A tenth under `W / N`, because the spacing only breaks up floods: the windows
+    /// keep the quota by themselves. At exactly `W / N`, every release that comes late
+    /// (tokio's timer fires on whole milliseconds, and the waiter must be scheduled)
+    /// would push all later ones back, and a queue drained at the quota's rate would
+    /// fall a few percent short of it (0.92 to 0.96 of Telegram's 30/s in the `goodput`
+    /// example, against 0.97 to 0.98 with the tenth off).
     pub fn release_spacing(&self) -> Duration {
         self.0.spacing
     }
