@@ -87,6 +87,15 @@ impl ThrottleClassifierLayer<Preset> {
         Self::new(Preset::Graph)
     }
 
+    /// The [`graph_batch`](super::batch::graph_batch) preset with a body cap of
+    /// [`DEFAULT_BATCH_BODY_CAP`](super::DEFAULT_BATCH_BODY_CAP) (1 MiB), for the stack
+    /// that sends Graph `$batch` requests: a `200` body is read for throttled
+    /// sub-requests, whose largest hint cools the mailbox down. The batch is not
+    /// resent; see [`batch`](super::batch) for resubmitting the throttled ids.
+    pub fn graph_batch() -> Self {
+        Self::new(Preset::GraphBatch).body_cap(super::DEFAULT_BATCH_BODY_CAP)
+    }
+
     /// The [`telegram`](super::telegram) preset: the Telegram Bot API.
     pub fn telegram() -> Self {
         Self::new(Preset::Telegram)

@@ -76,6 +76,7 @@
 //! |---|---|---|
 //! | [`standard`] | `429` and `503`; `Retry-After` (delay-seconds and the three HTTP-date forms, measured against the response `Date`); draft-10 `RateLimit` / `RateLimit-Policy`; the -03 `RateLimit-Limit/Remaining/Reset` and -07 `RateLimit: limit=.., remaining=.., reset=..` forms; `X-RateLimit-Limit/Remaining/Reset/Reset-After` (reset as epoch or delay) | [`Unknown`](ThrottleScope::Unknown) |
 //! | [`graph`] | the standard headers; `429` with a Graph error body (`TooManyRequests` as rate, `ApplicationThrottled` "MailboxConcurrency" as concurrency), or with no `Retry-After` and no body; `503` and `504` as overload | `429`: [`Key`](ThrottleScope::Key) (Graph limits are per app and mailbox); `503`/`504`: unknown |
+//! | [`batch::graph_batch`] (opt-in, for `$batch` requests) | a `200` whose sub-responses were throttled: one signal, the largest sub-hint, concurrency if any sub-request hit MailboxConcurrency; other statuses as [`graph`] | as [`graph`]: `429` sub-responses are the mailbox's |
 //! | [`telegram`] | `429` with `parameters.retry_after` in the body (the larger of it and `Retry-After` wins); the rest as standard | `429`: key (limits are per chat and per bot; the body does not say which, so the key the request went under) |
 //! | [`google`] | `429` / `RESOURCE_EXHAUSTED` as quota with `google.rpc.RetryInfo.retryDelay`; `503` / `UNAVAILABLE` as overload; `403` with reason `rateLimitExceeded` / `userRateLimitExceeded` as rate | unknown (the envelope does not say whether a per-space or per-project quota was hit) |
 //! | [`github`] | `403`/`429` with `x-ratelimit-remaining: 0` (primary limit: quota, wait until the epoch reset); `403`/`429` with `Retry-After` (secondary limit); `429`, or `403` whose body mentions a rate limit, with neither: one minute, as GitHub documents | key (the token) |
@@ -123,6 +124,7 @@
 //! assert_eq!(throttle.retry_after(), Some(Duration::from_secs(4310)));
 //! ```
 
+pub mod batch;
 mod body;
 mod classifier;
 pub mod future;
@@ -136,6 +138,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 
+pub use batch::{DEFAULT_BATCH_BODY_CAP, ThrottledSubRequest};
 pub use body::ClassifiedBody;
 pub use classifier::ClassifyThrottle;
 pub use layer::{DEFAULT_BODY_CAP, ThrottleClassifierLayer};
@@ -156,6 +159,10 @@ pub enum Preset {
     Standard,
     /// [`graph`]: Microsoft Graph / Outlook.
     Graph,
+    /// [`batch::graph_batch`]: Microsoft Graph `$batch` responses, whose `200` body is
+    /// read for throttled sub-requests. Opt-in: put it only on the stack that sends
+    /// `$batch` requests (see [`batch`]).
+    GraphBatch,
     /// [`telegram`]: the Telegram Bot API.
     Telegram,
     /// [`google`]: Google APIs (Chat and the others using the Google error envelope).
@@ -177,6 +184,7 @@ impl Preset {
         let classify = match self {
             Self::Standard => standard,
             Self::Graph => graph,
+            Self::GraphBatch => batch::graph_batch,
             Self::Telegram => telegram,
             Self::Google => google,
             Self::GitHub => github,
@@ -193,6 +201,7 @@ impl Preset {
     /// answer:
     ///
     /// - Graph: `429` (concurrency or rate is told only by the body);
+    /// - GraphBatch: `429`, and `200` (its sub-responses; see [`batch`]);
     /// - Telegram: `429` (`parameters.retry_after` is the API's own field; a proxy may
     ///   drop or rewrite `Retry-After`);
     /// - Google: `429`, `503` and `403` (`RetryInfo` and the legacy rate-limit reasons
@@ -206,6 +215,7 @@ impl Preset {
         match self {
             Self::Standard => false,
             Self::Graph | Self::Telegram => status == StatusCode::TOO_MANY_REQUESTS,
+            Self::GraphBatch => matches!(status, StatusCode::OK | StatusCode::TOO_MANY_REQUESTS),
             Self::Google => matches!(status.as_u16(), 403 | 429 | 503),
             Self::GitHub => {
                 status == StatusCode::FORBIDDEN

@@ -172,6 +172,10 @@ pub enum ThrottleSource {
     XRateLimit,
     /// A Microsoft Graph error body (`error.code`, `error.message`).
     GraphBody,
+    /// Throttled sub-responses inside a Microsoft Graph `$batch` response (their
+    /// status, `Retry-After` and error bodies; see
+    /// [`batch`](super::batch)).
+    GraphBatch,
     /// A Telegram Bot API error body (`parameters.retry_after`, `description`).
     TelegramBody,
     /// A Google API error envelope (`error.status`, `google.rpc.RetryInfo.retryDelay`).

@@ -81,7 +81,12 @@
 //! [`ThrottleClassifier`](crate::classify::ThrottleClassifier) further in), the key's
 //! limit in force is halved (at least 1), once per burst: the permits admitted before a
 //! decrease cannot decrease it again. Each round of successes as long as the limit in
-//! force raises it by one, up to the configured limit and never above.
+//! force raises it by one, up to the configured limit and never above. One below the
+//! refused level is remembered as a ceiling: recovery holds there for 16 rounds before
+//! probing one above it, a refused probe goes back to the ceiling (not halved), and a
+//! whole round of successes above it clears it. Against a server whose limit is fixed
+//! (Graph accepts 4 per mailbox), that is one refused request per 16 rounds instead
+//! of one per round.
 //! [`ConcurrencySnapshot::effective_limit`](crate::store::ConcurrencySnapshot::effective_limit)
 //! shows it. A key whose limit is lowered is not evicted until it has recovered.
 //!

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -51,7 +52,7 @@ impl<St: QuotaStore> Refund<St> {
         let Some(after) = throttle.resume_after() else {
             return; // no time given: the retry layer's own backoff applies
         };
-        let until = Instant::now() + after;
+        let until = Instant::now() + after + cooldown_jitter(after);
         tracing::debug!(target: "tollgate::quota", key = %self.key.id(), decision = "cooldown", scope = ?throttle.scope(), source = ?throttle.source(), wait = ?after);
         match throttle.scope() {
             ThrottleScope::Global => self.store.cooldown_all(until),
@@ -67,6 +68,19 @@ impl<St: QuotaStore> Refund<St> {
         self.store.refund(&self.key, quotas, &grant);
     }
 }
+
+/// The upward jitter added to a cooldown: uniform in `[0, min(hint / 10, 1 s)]`, so that
+/// the workers of a fleet that saw the same `429` (each with its own store) do not all
+/// come back in the same millisecond. Never negative: nothing is released before the
+/// server's hint.
+pub(super) fn cooldown_jitter(hint: Duration) -> Duration {
+    (hint / 10)
+        .min(MAX_COOLDOWN_JITTER)
+        .mul_f64(fastrand::f64())
+}
+
+/// The most upward jitter a cooldown gets.
+pub(super) const MAX_COOLDOWN_JITTER: Duration = Duration::from_secs(1);
 
 pin_project! {
     /// A request waiting in a key's quota queue; boxed, as the slow path.

@@ -73,8 +73,10 @@
 //!   When the cooldown ends, queued requests are released in order and spaced as
 //!   above. [`obey_throttles`](QuotaWindowLayer::obey_throttles) narrows this for the
 //!   outer layers of a stack ([`ObeyThrottles::GlobalOnly`]: a per-chat 429 must not
-//!   pause a per-bot key). The cooldown ends exactly at the server's hint: upward jitter across a
-//!   fleet belongs to a shared store.
+//!   pause a per-bot key). The cooldown ends at the server's hint plus an upward
+//!   jitter, uniform up to a tenth of the hint and at most 1 s, so that the workers of
+//!   a fleet that saw the same `429` do not all return in the same instant; never
+//!   before the hint.
 //!
 //! # Order and sharing
 //!

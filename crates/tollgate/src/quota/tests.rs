@@ -368,7 +368,12 @@ mod obeying_the_server {
         call_through(&mut svc, &mut handle, "b").await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO, "another key was held");
         call_through(&mut svc, &mut handle, "a").await.unwrap();
-        assert_eq!(start.elapsed(), 10 * SEC, "the key went before the hint");
+        let held = start.elapsed();
+        assert!(
+            held >= 10 * SEC,
+            "the key went {held:?} after a hint of 10 s"
+        );
+        assert!(held <= 11 * SEC, "jitter beyond 1 s: {held:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -382,11 +387,9 @@ mod obeying_the_server {
         assert_ready_ok!(first.poll());
         let err = call_through(&mut svc, &mut handle, "b").await.unwrap_err();
         assert_eq!(kind(&err), ErrorKind::Throttled);
-        assert_eq!(
-            err.downcast_ref::<Error>().unwrap().retry_after(),
-            Some(10 * SEC)
-        );
-        tokio::time::advance(10 * SEC).await;
+        let wait = err.downcast_ref::<Error>().unwrap().retry_after().unwrap();
+        assert!((10 * SEC..=11 * SEC).contains(&wait), "{wait:?}");
+        tokio::time::advance(wait).await;
         call_through(&mut svc, &mut handle, "b").await.unwrap();
     }
 
@@ -412,10 +415,28 @@ mod obeying_the_server {
         assert_eq!(assert_ready_ok!(first.poll()).status(), StatusCode::OK);
         let err = call_through(&mut svc, &mut handle, "a").await.unwrap_err();
         assert_eq!(kind(&err), ErrorKind::Throttled);
-        assert_eq!(
-            err.downcast_ref::<Error>().unwrap().retry_after(),
-            Some(30 * SEC)
-        );
+        let wait = err.downcast_ref::<Error>().unwrap().retry_after().unwrap();
+        assert!((30 * SEC..=31 * SEC).contains(&wait), "{wait:?}");
+    }
+
+    #[test]
+    fn cooldowns_get_an_upward_jitter_of_at_most_a_tenth_and_1_s() {
+        use crate::quota::future::{MAX_COOLDOWN_JITTER, cooldown_jitter};
+        for hint in [Duration::from_millis(300), 5 * SEC, 4310 * SEC] {
+            let bound = (hint / 10).min(MAX_COOLDOWN_JITTER);
+            let draws: Vec<Duration> = (0..200).map(|_| cooldown_jitter(hint)).collect();
+            assert!(
+                draws.iter().all(|d| *d <= bound),
+                "{hint:?}: beyond {bound:?}"
+            );
+            // Spread over the range, so that a fleet does not come back at once.
+            let (least, most) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+            assert!(
+                *least < bound / 4 && *most > bound * 3 / 4,
+                "{hint:?}: {least:?}..{most:?}"
+            );
+        }
+        assert_eq!(cooldown_jitter(Duration::ZERO), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,8 +118,12 @@ pub fn is_idempotent<B>(request: &Request<B>) -> bool {
 ///   write a closure policy to be more precise (e.g. hyper-util's
 ///   `Error::is_connect`, which is safe to retry for any method).
 ///
-/// A `Throttle` signal with `reset_after` but with requests remaining, on a success,
-/// is not a refusal: it is returned (the limiting layers act on it).
+/// A success is never retried, whatever `Throttle` it carries: one announcing an
+/// exhausted window (`RateLimit: r=0`), or a Graph `$batch` `200` whose sub-requests
+/// were throttled ([`classify::batch`]): resending the batch would repeat the
+/// sub-requests that succeeded. It is returned, and the limiting layers act on the
+/// signal (the mailbox cools down until the largest sub-hint); the caller resubmits
+/// the throttled ids ([`classify::batch::throttled`]) as a new batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DefaultPolicy;
 
@@ -190,5 +194,32 @@ impl<B, ResBody> RetryPolicy<B, ResBody> for DefaultPolicy {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::classify::ThrottleScope;
+
+    #[test]
+    fn a_batch_200_with_throttled_sub_requests_is_not_resent() {
+        let body = r#"{"responses":[{"id":"1","status":200,"body":{}},{"id":"2","status":429,"headers":{"Retry-After":"5"}}]}"#;
+        let throttle = classify::batch::graph_batch(
+            StatusCode::OK,
+            &http::HeaderMap::new(),
+            Some(body.as_bytes()),
+            SystemTime::now(),
+        )
+        .expect("a throttled sub-request");
+        assert_eq!(throttle.scope(), ThrottleScope::Key);
+        assert_eq!(throttle.retry_after(), Some(Duration::from_secs(5)));
+        let mut response = Response::new(body);
+        response.extensions_mut().insert(throttle);
+        let request = Request::post("/v1.0/$batch").body("{}").unwrap();
+        let decision = DefaultPolicy.decide(&request, Ok::<_, &BoxError>(&response));
+        assert_eq!(decision, Decision::Return);
     }
 }

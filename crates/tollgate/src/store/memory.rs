@@ -186,6 +186,9 @@ pub struct ConcurrencySnapshot {
 /// `learned` is the limit lowered by congestion signals (0: not lowered); the limit in
 /// force is the smaller of it and the configured `limit`. `generation` counts
 /// decreases, so that the permits of one burst lower the limit once, not once each.
+/// `ceiling` is the highest level not yet refused since the last congestion (one below
+/// the level that was; 0: none), which recovery holds for [`HOLD_ROUNDS`] rounds
+/// (counted in `held`) before probing one above it.
 #[derive(Default)]
 struct ConcSlot {
     word: AtomicU64,
@@ -193,8 +196,15 @@ struct ConcSlot {
     learned: AtomicU32,
     generation: AtomicU32,
     successes: AtomicU32,
+    ceiling: AtomicU32,
+    held: AtomicU32,
     queue: Mutex<VecDeque<Arc<Waiter>>>,
 }
+
+/// Rounds of successes at a key's ceiling before one probe above it: a server with a
+/// fixed limit (Graph accepts 4 per mailbox) sees one refused probe per this many
+/// rounds, instead of one per round.
+const HOLD_ROUNDS: u32 = 16;
 
 const ONE_WAITER: u64 = 1 << 32;
 
@@ -226,7 +236,8 @@ impl ConcSlot {
         }
     }
 
-    /// Multiplicative decrease, once per generation of permits.
+    /// Multiplicative decrease, once per generation of permits; a refused probe above
+    /// the ceiling goes back to the ceiling instead.
     fn congested(&self, generation: u32) {
         if self
             .generation
@@ -238,14 +249,24 @@ impl ConcSlot {
             )
             .is_ok()
         {
-            let lowered = (self.effective() / 2).max(1);
+            let refused = self.effective();
+            let ceiling = self.ceiling.load(Ordering::Relaxed);
+            let lowered = if ceiling != 0 && refused > ceiling {
+                ceiling
+            } else {
+                (refused / 2).max(1)
+            };
             self.learned.store(lowered, Ordering::Relaxed);
+            self.ceiling
+                .store(refused.saturating_sub(1).max(1), Ordering::Relaxed);
             self.successes.store(0, Ordering::Relaxed);
+            self.held.store(0, Ordering::Relaxed);
         }
     }
 
     /// Additive increase: one more slot after a round of successes as long as the
-    /// limit in force, until the configured limit is back.
+    /// limit in force, until the configured limit is back. At the ceiling, the increase
+    /// waits [`HOLD_ROUNDS`] rounds; a whole round above it clears it.
     fn succeeded(&self) {
         let learned = self.learned.load(Ordering::Relaxed);
         if learned == 0 {
@@ -255,8 +276,23 @@ impl ConcSlot {
             return;
         }
         self.successes.store(0, Ordering::Relaxed);
+        let ceiling = self.ceiling.load(Ordering::Relaxed);
+        if ceiling != 0 {
+            if learned > ceiling {
+                // A round of successes above the level once refused: it was transient.
+                self.ceiling.store(0, Ordering::Relaxed);
+            } else if learned == ceiling
+                && self.held.fetch_add(1, Ordering::Relaxed) + 1 < HOLD_ROUNDS
+            {
+                return;
+            }
+        }
+        self.held.store(0, Ordering::Relaxed);
         let raised = learned + 1;
         let restored = raised >= self.limit.load(Ordering::Relaxed);
+        if restored {
+            self.ceiling.store(0, Ordering::Relaxed);
+        }
         self.learned
             .store(if restored { 0 } else { raised }, Ordering::Relaxed);
         let mut wake = Wakers::default();
@@ -708,23 +744,25 @@ mod tests {
             rejected(store.acquire(&a, 4, WaitPolicy::Reject)),
             ErrorKind::ConcurrencyLimited
         );
-        // A permit of the new generation may lower it again.
+        // A permit of the new generation may lower it again: 2 was refused, so 1 is
+        // the ceiling.
         p1.congested();
         assert_eq!(effective(), 1);
-        // Additive recovery: a round of successes as long as the limit raises it by one.
+        // Additive recovery: a round of successes as long as the limit raises it by
+        // one, after HOLD_ROUNDS rounds at the ceiling; the round above it clears it.
         drop(p1);
         drop(_p2);
-        let mut rounds = 0;
+        let mut successes = 0;
         while effective() < 4 {
             let p = ready(store.acquire(&a, 4, WaitPolicy::Reject));
             p.succeeded();
-            rounds += 1;
-            assert!(rounds < 20, "never recovered");
+            successes += 1;
+            assert!(successes < 100, "never recovered");
         }
         assert_eq!(
-            rounds,
-            1 + 2 + 3,
-            "one round of 1, then 2, then 3 successes"
+            successes,
+            HOLD_ROUNDS + 2 + 3,
+            "rounds of 1 held at the ceiling, then one round of 2, then of 3"
         );
         // Recovered: never above the configured limit, and the key is fresh again.
         let p = ready(store.acquire(&a, 4, WaitPolicy::Reject));
@@ -733,6 +771,53 @@ mod tests {
         drop(p);
         store.evict_idle();
         assert!(store.is_empty());
+    }
+
+    /// Runs `n` successes, one permit at a time.
+    fn succeed(store: &MemoryStore, key: &Key, n: u32) {
+        use crate::store::ConcurrencyFeedback;
+        for _ in 0..n {
+            ready(store.acquire(key, 8, WaitPolicy::Reject)).succeeded();
+        }
+    }
+
+    #[test]
+    fn a_fixed_server_limit_is_probed_once_per_hold_not_once_per_round() {
+        use crate::store::ConcurrencyFeedback;
+        // The server accepts 4 (Graph per mailbox); the client is configured for 8.
+        let store = MemoryStore::new();
+        let a = Key::from_static("a");
+        let effective = || store.concurrency_snapshot(&a).unwrap().effective_limit;
+        let refuse_at = |level: u32| {
+            let burst: Vec<_> = (0..level)
+                .map(|_| ready(store.acquire(&a, 8, WaitPolicy::Reject)))
+                .collect();
+            burst[0].congested();
+        };
+        refuse_at(8);
+        assert_eq!(effective(), 4, "halved, with 7 as the ceiling");
+        succeed(&store, &a, 4 + 5 + 6);
+        assert_eq!(effective(), 7);
+        // 5 in flight would have been refused already; say the probe at 7 is.
+        refuse_at(7);
+        assert_eq!(effective(), 3, "7 was not above the ceiling of 7: halved");
+        // Recovery to the new ceiling (6) takes rounds of 3, 4, 5, then holds.
+        succeed(&store, &a, 3 + 4 + 5);
+        assert_eq!(effective(), 6);
+        succeed(&store, &a, 6 * (HOLD_ROUNDS - 1));
+        assert_eq!(effective(), 6, "held at the ceiling");
+        succeed(&store, &a, 6);
+        assert_eq!(effective(), 7, "one probe above it");
+        // The probe is refused: back to the ceiling, not halved.
+        refuse_at(7);
+        assert_eq!(effective(), 6);
+        succeed(&store, &a, 6 * (HOLD_ROUNDS - 1));
+        assert_eq!(effective(), 6, "held again");
+        // A probe that survives a whole round clears the ceiling: 8 comes back.
+        succeed(&store, &a, 6 + 7);
+        assert_eq!(effective(), 8);
+        store.evict_idle();
+        assert!(store.is_empty(), "recovered keys are fresh");
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub trait ConcurrencyFeedback {
     fn congested(&self) {}
 
     /// The request succeeded: recover the key's limit in force additively, never above
-    /// the configured limit.
+    /// the configured limit (the in-memory store holds at the last refused level for a
+    /// while before probing above it).
     fn succeeded(&self) {}
 }
 

@@ -14,10 +14,13 @@ use crate::key::Key;
 use crate::quota::Quota;
 
 /// The quotas one key is under at once ("35 per minute AND 800 per hour"): 1 to
-/// [`QuotaSet::MAX`] quotas, cheap to clone (an `Arc`).
+/// [`QuotaSet::MAX`] quotas, cheap to clone and to move (one pointer to shared,
+/// immutable data).
 #[derive(Clone)]
-pub struct QuotaSet {
-    quotas: Arc<[Quota]>,
+pub struct QuotaSet(Arc<SetInner>);
+
+struct SetInner {
+    quotas: Box<[Quota]>,
     /// Derived once, read on every request.
     capacity: u32,
     spacing: Duration,
@@ -26,7 +29,7 @@ pub struct QuotaSet {
 
 impl PartialEq for QuotaSet {
     fn eq(&self, other: &Self) -> bool {
-        self.quotas == other.quotas
+        self.0.quotas == other.0.quotas
     }
 }
 
@@ -37,15 +40,15 @@ impl QuotaSet {
     /// A set of quotas, all admitted together. Fails when `quotas` is empty or holds
     /// more than [`QuotaSet::MAX`].
     pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Result<Self, QuotaSetError> {
-        let quotas: Arc<[Quota]> = quotas.into_iter().collect();
+        let quotas: Box<[Quota]> = quotas.into_iter().collect();
         if quotas.is_empty() || quotas.len() > Self::MAX {
             return Err(QuotaSetError(quotas.len()));
         }
         Ok(Self::derive(quotas))
     }
 
-    fn derive(quotas: Arc<[Quota]>) -> Self {
-        QuotaSet {
+    fn derive(quotas: Box<[Quota]>) -> Self {
+        QuotaSet(Arc::new(SetInner {
             capacity: quotas.iter().map(Quota::capacity).min().unwrap_or(0),
             spacing: quotas
                 .iter()
@@ -58,51 +61,55 @@ impl QuotaSet {
                 .max()
                 .unwrap_or(Duration::ZERO),
             quotas,
-        }
+        }))
     }
 
     /// The same set with every window widened by `margin`; see [`Quota::with_margin`].
     pub fn with_margin(&self, margin: Duration) -> Result<Self, crate::quota::QuotaError> {
-        let widened: Result<Arc<[Quota]>, _> =
-            self.quotas.iter().map(|q| q.with_margin(margin)).collect();
+        let widened: Result<Box<[Quota]>, _> = self
+            .0
+            .quotas
+            .iter()
+            .map(|q| q.with_margin(margin))
+            .collect();
         Ok(Self::derive(widened?))
     }
 
     /// The largest cost every quota of the set can admit: a request costing more is
     /// refused at once with [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh).
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.0.capacity
     }
 
     /// The spacing of releases from a wait queue: the shortest `window / limit` of the
     /// set, the average interval at which the most generous quota replenishes.
     pub fn release_spacing(&self) -> Duration {
-        self.spacing
+        self.0.spacing
     }
 
     /// The longest [`Quota::forget_after`] of the set: a key admitted at `t` and not
     /// since is fresh at `t + forget_after()`.
     pub fn forget_after(&self) -> Duration {
-        self.forget_after
+        self.0.forget_after
     }
 }
 
 impl From<Quota> for QuotaSet {
     fn from(quota: Quota) -> Self {
-        Self::derive(Arc::from([quota]))
+        Self::derive(Box::new([quota]))
     }
 }
 
 impl Deref for QuotaSet {
     type Target = [Quota];
     fn deref(&self) -> &[Quota] {
-        &self.quotas
+        &self.0.quotas
     }
 }
 
 impl fmt::Debug for QuotaSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.quotas.iter()).finish()
+        f.debug_list().entries(self.0.quotas.iter()).finish()
     }
 }
 
@@ -181,12 +188,21 @@ pub struct QuotaUsage {
 }
 
 /// Proof of an admission: what to refund if the request never reaches the server.
+///
+/// Small (24 bytes) so that moving it through the layers costs little: the usage
+/// report, asked for only when a layer emits `RateLimit` headers, lives behind a box
+/// allocated by the first [`set_usage`](Self::set_usage).
 #[derive(Clone, Debug)]
 pub struct QuotaGrant {
     pub(crate) admitted_at: u64,
     pub(crate) cost: u32,
-    pub(crate) usage: [QuotaUsage; QuotaSet::MAX],
-    pub(crate) reported: usize,
+    usage: Option<Box<Usage>>,
+}
+
+#[derive(Clone, Debug)]
+struct Usage {
+    quotas: [QuotaUsage; QuotaSet::MAX],
+    reported: usize,
 }
 
 impl QuotaGrant {
@@ -195,16 +211,21 @@ impl QuotaGrant {
         QuotaGrant {
             admitted_at,
             cost,
-            usage: [QuotaUsage::default(); QuotaSet::MAX],
-            reported: 0,
+            usage: None,
         }
     }
 
     /// Records the usage of the quota at `index` after this admission.
     pub fn set_usage(&mut self, index: usize, usage: QuotaUsage) {
         if index < QuotaSet::MAX {
-            self.usage[index] = usage;
-            self.reported = self.reported.max(index + 1);
+            let report = self.usage.get_or_insert_with(|| {
+                Box::new(Usage {
+                    quotas: [QuotaUsage::default(); QuotaSet::MAX],
+                    reported: 0,
+                })
+            });
+            report.quotas[index] = usage;
+            report.reported = report.reported.max(index + 1);
         }
     }
 
@@ -221,7 +242,10 @@ impl QuotaGrant {
     /// Each quota's state after the admission, in the order of the set (empty unless
     /// the ask asked for a report).
     pub fn usage(&self) -> &[QuotaUsage] {
-        &self.usage[..self.reported]
+        match &self.usage {
+            Some(report) => &report.quotas[..report.reported],
+            None => &[],
+        }
     }
 }
 
@@ -255,4 +279,30 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
 
     /// Admits nothing for any key until `until`.
     fn cooldown_all(&self, until: Instant);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_every_request_moves_stays_small() {
+        // Both travel with every request through the layer and its future.
+        assert_eq!(size_of::<QuotaSet>(), size_of::<usize>());
+        assert!(size_of::<QuotaGrant>() <= 24);
+    }
+
+    #[test]
+    fn usage_is_reported_only_once_set() {
+        let mut grant = QuotaGrant::new(5, 2);
+        assert!(grant.usage().is_empty());
+        let used = QuotaUsage {
+            remaining: 7,
+            reset_after: Duration::from_secs(3),
+        };
+        grant.set_usage(1, used);
+        grant.set_usage(QuotaSet::MAX, used); // out of range: ignored
+        assert_eq!(grant.usage(), &[QuotaUsage::default(), used]);
+        assert_eq!((grant.admitted_at(), grant.cost()), (5, 2));
+    }
 }

@@ -6,19 +6,38 @@
 //! no per-shard retain without its unstable raw API.
 //!
 //! Eviction is amortised: when a shard's table reaches `sweep_at` entries, an insert
-//! first removes every fresh entry of that shard, then sets `sweep_at` to twice the
-//! entries left (at least 64). So a shard holds at most about twice its live keys plus
-//! 64 idle ones, each sweep costs O(entries) once per doubling, and no background task
-//! is needed. A sweep that leaves a shard's table less than a quarter full shrinks it,
-//! so the memory of a burst of keys is given back once they are idle. When `max_keys`
-//! is reached, every shard is swept before a new key is refused.
+//! sweeps that shard, then sets `sweep_at` to twice the entries left (at least 64).
+//! Two rules keep a key that keeps coming back from being dropped and re-created (an
+//! allocation, and for the concurrency table a new `Arc`) on every visit when it is
+//! idle between its requests:
+//!
+//! - **At most one sweep per shard per [`MIN_SWEEP_INTERVAL`]** (1 s): a shard that
+//!   fills up sooner doubles `sweep_at` instead.
+//! - **Second chance** (the CLOCK rule): a sweep removes a fresh entry only if nothing
+//!   has looked it up since the shard's previous sweep, and clears the mark of the
+//!   others.
+//!
+//! So a key used at least once a second is never evicted, a key idle for two whole
+//! sweep intervals is evicted at the next sweep of its shard, and a shard holds at
+//! most about twice the keys used in its last two sweep intervals plus 64. Each sweep
+//! costs O(entries) once per doubling, and no background task is needed; the clock is
+//! read only when a sweep is due, never per request. A sweep that leaves a shard's
+//! table less than a quarter full shrinks it, so the memory of a burst of keys is given
+//! back once they are idle. When `max_keys` is reached, and when an operator calls
+//! `evict_idle`, every shard is swept at once with no second chances (every fresh
+//! entry goes) before a new key is refused.
+//!
+//! The shard is picked by hash bits 32 and up (below the top seven, which hashbrown
+//! uses as each entry's tag, and above the low bits, which it uses for positions), so
+//! the entries of one shard still differ in both.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
+use tokio::time::Instant;
 
 use crate::key::Key;
 
@@ -33,22 +52,33 @@ pub(crate) struct Slot<V> {
     pub(crate) hash: u64,
     pub(crate) key: Key,
     pub(crate) value: V,
+    /// Looked up since the shard's last sweep: survives the next one even if fresh.
+    touched: bool,
 }
 
 pub(crate) struct Shard<V> {
     map: HashTable<Slot<V>>,
     /// Sweep for fresh entries when `map.len()` reaches this (amortised O(1) per insert).
     sweep_at: usize,
+    /// When this shard was last swept (nanoseconds since the table's `origin`).
+    swept_at: u64,
 }
 
 const MIN_SWEEP: usize = 64;
+/// The least time between two amortised sweeps of one shard.
+pub(crate) const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The lowest hash bit of the shard index (at most 256 shards: bits 32 to 39).
+const SHARD_SHIFT: u32 = 32;
 
 pub(crate) struct Table<V> {
     shards: Box<[Mutex<Shard<V>>]>,
-    shift: u32,
+    /// `shards.len() - 1`: the shard is `(hash >> SHARD_SHIFT) & mask`.
+    mask: usize,
     hasher: foldhash::fast::RandomState,
     max_keys: usize,
     keys: AtomicUsize,
+    /// The clock of the sweep intervals.
+    origin: Instant,
 }
 
 /// The key table holds `max_keys` entries and none of them is fresh.
@@ -64,13 +94,15 @@ impl<V: Fresh> Table<V> {
                     Mutex::new(Shard {
                         map: HashTable::new(),
                         sweep_at: MIN_SWEEP,
+                        swept_at: 0,
                     })
                 })
                 .collect(),
-            shift: 64 - shards.trailing_zeros(),
+            mask: shards - 1,
             hasher: foldhash::fast::RandomState::default(),
             max_keys,
             keys: AtomicUsize::new(0),
+            origin: Instant::now(),
         }
     }
 
@@ -79,9 +111,7 @@ impl<V: Fresh> Table<V> {
     }
 
     pub(crate) fn lock(&self, hash: u64) -> ShardGuard<'_, V> {
-        // The top bits pick the shard; hashbrown uses the low bits and the top 7 bits
-        // for its own probing, so with a 64-bit hash the overlap is harmless.
-        let index = (hash >> self.shift) as usize;
+        let index = (hash >> SHARD_SHIFT) as usize & self.mask;
         ShardGuard {
             table: self,
             shard: self.shards[index]
@@ -95,11 +125,12 @@ impl<V: Fresh> Table<V> {
         self.keys.load(Ordering::Relaxed)
     }
 
-    /// Removes every fresh entry of every shard.
+    /// Removes every fresh entry of every shard (no second chances).
     pub(crate) fn sweep_all(&self, now: u64) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            sweep(&mut shard, &self.keys, now);
+            let Shard { map, sweep_at, .. } = &mut *shard;
+            sweep(map, sweep_at, &self.keys, now, false);
         }
     }
 
@@ -112,16 +143,28 @@ impl<V: Fresh> Table<V> {
     }
 }
 
-fn sweep<V: Fresh>(shard: &mut Shard<V>, keys: &AtomicUsize, now: u64) {
-    let before = shard.map.len();
-    shard.map.retain(|slot| !slot.value.is_fresh(now));
-    let len = shard.map.len();
+/// Removes the fresh entries of a shard's `map` and resets its `sweep_at`; with `second_chance`,
+/// only those not looked up since the previous sweep.
+fn sweep<V: Fresh>(
+    map: &mut HashTable<Slot<V>>,
+    sweep_at: &mut usize,
+    keys: &AtomicUsize,
+    now: u64,
+    second_chance: bool,
+) {
+    let before = map.len();
+    map.retain(|slot| {
+        let keep = (second_chance && slot.touched) || !slot.value.is_fresh(now);
+        slot.touched = false;
+        keep
+    });
+    let len = map.len();
     keys.fetch_sub(before - len, Ordering::Relaxed);
-    shard.sweep_at = (len * 2).max(MIN_SWEEP);
+    *sweep_at = (len * 2).max(MIN_SWEEP);
     // Give memory back after a burst of keys: a table left mostly empty shrinks to
     // twice what it holds, so idle keys cost nothing once swept.
-    if shard.map.capacity() > 4 * shard.sweep_at {
-        shard.map.shrink_to(shard.sweep_at, |slot| slot.hash);
+    if map.capacity() > 4 * *sweep_at {
+        map.shrink_to(*sweep_at, |slot| slot.hash);
     }
 }
 
@@ -148,26 +191,154 @@ impl<V: Fresh> ShardGuard<'_, V> {
         now: u64,
         make: impl FnOnce() -> V,
     ) -> Result<&mut V, Full> {
-        let shard = &mut *self.shard;
-        if shard.map.len() >= shard.sweep_at {
-            sweep(shard, &self.table.keys, now);
-        }
-        match shard
-            .map
-            .entry(hash, |slot| slot.key == *key, |slot| slot.hash)
-        {
-            Entry::Occupied(entry) => Ok(&mut entry.into_mut().value),
-            Entry::Vacant(entry) => {
-                if !self.table.try_reserve_key() {
-                    return Err(Full);
-                }
-                let slot = Slot {
-                    hash,
-                    key: key.clone(),
-                    value: make(),
-                };
-                Ok(&mut entry.insert(slot).into_mut().value)
+        let Shard {
+            map,
+            sweep_at,
+            swept_at,
+        } = &mut *self.shard;
+        // A key already held (the common case) costs one probe, the hash compared
+        // before the key bytes; only a miss pays for the sweep check and the insert.
+        let map = match map.find_entry(hash, |slot| slot.hash == hash && slot.key == *key) {
+            Ok(entry) => {
+                let slot = entry.into_mut();
+                slot.touched = true;
+                return Ok(&mut slot.value);
+            }
+            Err(absent) => absent.into_table(),
+        };
+        if map.len() >= *sweep_at {
+            let clock = crate::quota::nanos(self.table.origin.elapsed());
+            if clock.saturating_sub(*swept_at) >= crate::quota::nanos(MIN_SWEEP_INTERVAL) {
+                sweep(map, sweep_at, &self.table.keys, now, true);
+                *swept_at = clock;
+            } else {
+                *sweep_at = sweep_at.saturating_mul(2);
             }
         }
+        if !self.table.try_reserve_key() {
+            return Err(Full);
+        }
+        let slot = Slot {
+            hash,
+            key: key.clone(),
+            value: make(),
+            touched: true,
+        };
+        Ok(&mut map
+            .insert_unique(hash, slot, |slot| slot.hash)
+            .into_mut()
+            .value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value whose freshness the test sets.
+    struct Idle(bool);
+
+    impl Fresh for Idle {
+        fn is_fresh(&self, _now: u64) -> bool {
+            self.0
+        }
+    }
+
+    fn key(i: usize) -> Key {
+        Key::from(i as u64)
+    }
+
+    /// Looks `i` up (inserting it idle if absent); true if it had to be inserted.
+    fn visit(table: &Table<Idle>, i: usize) -> bool {
+        let key = key(i);
+        let hash = table.hash(&key);
+        let mut inserted = false;
+        let _ = table.lock(hash).get_or_insert(hash, &key, 0, || {
+            inserted = true;
+            Idle(true)
+        });
+        inserted
+    }
+
+    fn held(table: &Table<Idle>, i: usize) -> bool {
+        let key = key(i);
+        let hash = table.hash(&key);
+        table.lock(hash).get(hash, &key).is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_that_keep_coming_back_survive_sweeps_and_forgotten_ones_go() {
+        const ROTATION: usize = 2000;
+        const ONE_SHOTS: usize = 5000;
+        let table = Table::<Idle>::new(usize::MAX);
+        let mut one_shot = 1_000_000;
+        // Every 0.5 s, the same 2000 keys (idle between visits) and 5000 keys seen
+        // once, which keep the shards filling up and being swept.
+        for round in 0..20 {
+            for i in 0..ROTATION {
+                let inserted = visit(&table, i);
+                assert!(
+                    round == 0 || !inserted,
+                    "key {i} re-created in round {round}"
+                );
+            }
+            for _ in 0..ONE_SHOTS {
+                assert!(visit(&table, one_shot));
+                one_shot += 1;
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // 100,000 one-shot keys went through; only those of the last sweep intervals
+        // are held.
+        assert!(
+            table.len() < ROTATION + 8 * ONE_SHOTS,
+            "{} held",
+            table.len()
+        );
+        // The rotation stops: its keys go after two sweeps of their shard, which come
+        // as the one-shot keys fill it up again.
+        for _ in 0..20 {
+            for _ in 0..ONE_SHOTS {
+                visit(&table, one_shot);
+                one_shot += 1;
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let old_left = (0..ROTATION).filter(|&i| held(&table, i)).count();
+        assert_eq!(
+            old_left, 0,
+            "{old_left} of {ROTATION} forgotten keys still held"
+        );
+        // An operator's sweep gives no second chance and waits for no interval.
+        table.sweep_all(0);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn sweeps_wait_for_the_interval_and_the_table_grows_meanwhile() {
+        let table = Table::<Idle>::new(usize::MAX);
+        // Outside a runtime, the clock is real: all of this takes far less than 1 s.
+        let n = 50 * MIN_SWEEP * table.shards.len();
+        for i in 0..n {
+            visit(&table, i);
+        }
+        assert_eq!(table.len(), n);
+        assert!((0..n).all(|i| held(&table, i)));
+    }
+
+    #[test]
+    fn busy_entries_are_never_evicted() {
+        let table = Table::<Idle>::new(usize::MAX);
+        let busy = key(usize::MAX);
+        let hash = table.hash(&busy);
+        let _ = table
+            .lock(hash)
+            .get_or_insert(hash, &busy, 0, || Idle(false));
+        for i in 0..10 * MIN_SWEEP * table.shards.len() {
+            visit(&table, i);
+        }
+        table.sweep_all(0);
+        assert!(table.lock(hash).get(hash, &busy).is_some());
+        assert_eq!(table.len(), 1);
     }
 }
