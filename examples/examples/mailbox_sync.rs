@@ -51,40 +51,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Body;
+use http::Request;
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 use tollgate::classify::ThrottleClassifierLayer;
-use tollgate::key::PathSegment;
-use tollgate::quota::Quota;
-use tollgate::retry::Backoff;
-use tollgate::{ConcurrencyPerKeyLayer, QuotaWindowLayer, RetryAfterBackoffLayer};
+use tollgate::store::MemoryStore;
+use tollgate_examples::graph::{
+    self, CONCURRENCY, Limits, PAGE, Page, QUOTA, Svc, WINDOW, boxed, get_page, retry_layer,
+};
 use tollgate_sim::{GraphSim, SimStats};
-use tower::util::BoxCloneService;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, ServiceBuilder};
 
-/// Messages per page (`$top`).
-const PAGE: u64 = 25;
 /// Workers paging one mailbox at once: twice what Graph allows in flight.
 const WORKERS_PER_MAILBOX: usize = 8;
-/// Graph's concurrency limit per mailbox.
-const CONCURRENCY: u32 = 4;
-/// The simulator's quota per mailbox: `QUOTA` requests in any sliding `WINDOW`.
-const QUOTA: u32 = 40;
-const WINDOW: Duration = Duration::from_secs(2);
 /// How long the simulator holds each admitted request.
 const LATENCY: Duration = Duration::from_millis(20);
 /// Tries of the naive client, and its first backoff (doubled each time).
 const NAIVE_TRIES: u32 = 4;
 const NAIVE_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Every strategy, boxed: a request in, a response with its body read out.
-type Svc = BoxCloneService<Request<Empty<Bytes>>, Response<Bytes>, BoxError>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Strategy {
@@ -157,40 +145,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Reads the body of every response, so that each strategy is one boxed service and a
-/// concurrency slot (held until the body ends) is released as soon as the page is read.
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneService::new(
-        service
-            .map_err(Into::into)
-            .and_then(|response: Response<B>| async move {
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
-            }),
-    )
-}
-
-/// Graph's retry preset with its own backoff (3 s base, 180 s cap) scaled down to the
-/// simulator's 2 s window; hints (`Retry-After`) are obeyed as they come.
-fn retry_layer() -> RetryAfterBackoffLayer {
-    RetryAfterBackoffLayer::graph()
-        .backoff(Backoff::full_jitter(
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        ))
-        .max_inline_wait(Duration::from_secs(10))
-        .max_elapsed(Duration::from_secs(30))
-}
-
 fn build_client(strategy: Strategy, sent: &Arc<AtomicU64>) -> Result<Svc, BoxError> {
     let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     // Counts every request handed to the HTTP client, retries included.
@@ -200,26 +154,13 @@ fn build_client(strategy: Strategy, sent: &Arc<AtomicU64>) -> Result<Svc, BoxErr
         request
     };
     Ok(match strategy {
-        Strategy::Tollgate => {
-            let mailbox = PathSegment::pattern("/v1.0/users/{id}/messages", "id")?;
-            boxed(
-                ServiceBuilder::new()
-                    .layer(retry_layer())
-                    .layer(
-                        QuotaWindowLayer::new(Quota::sliding(QUOTA, WINDOW)?, mailbox.clone())
-                            // For the time between our admission and the server's count:
-                            // loopback takes well under a millisecond, and a request that
-                            // waits for a slot below waits at most a few latencies (20 ms)
-                            // during a burst, while releases are paced W/N = 50 ms apart.
-                            // Every millisecond here costs goodput (the window is 2 s).
-                            .safety_margin(Duration::from_millis(10))?,
-                    )
-                    .layer(ConcurrencyPerKeyLayer::new(CONCURRENCY, mailbox))
-                    .layer(ThrottleClassifierLayer::graph())
-                    .map_request(count)
-                    .service(http),
-            )
-        }
+        // The examples' limits (40 per 2 s, 4 in flight, 10 ms of margin) in one
+        // in-memory store for this process.
+        Strategy::Tollgate => graph::client(
+            Limits::default(),
+            MemoryStore::new(),
+            ServiceBuilder::new().map_request(count).service(http),
+        )?,
         Strategy::RetryOnly => boxed(
             ServiceBuilder::new()
                 .layer(retry_layer())
@@ -229,31 +170,6 @@ fn build_client(strategy: Strategy, sent: &Arc<AtomicU64>) -> Result<Svc, BoxErr
         ),
         Strategy::Naive => boxed(ServiceBuilder::new().map_request(count).service(http)),
     })
-}
-
-/// One page: the message ids and the next link, if any.
-struct Page {
-    ids: Vec<String>,
-    next: Option<String>,
-}
-
-async fn get_page(client: Svc, uri: &str) -> Result<Page, String> {
-    let request = Request::get(uri)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
-    if response.status() != StatusCode::OK {
-        return Err(format!("status {}", response.status()));
-    }
-    let body: Value = serde_json::from_slice(response.body()).map_err(|e| e.to_string())?;
-    let ids = body["value"]
-        .as_array()
-        .ok_or("no `value` array")?
-        .iter()
-        .filter_map(|m| m["id"].as_str().map(str::to_owned))
-        .collect();
-    let next = body["@odata.nextLink"].as_str().map(str::to_owned);
-    Ok(Page { ids, next })
 }
 
 /// Fetches one page with the strategy's own retries: tollgate and retry-only retry in
