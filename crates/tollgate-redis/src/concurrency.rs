@@ -32,11 +32,12 @@ const FIRST_POLL: Duration = Duration::from_millis(2);
 ///
 /// # Adaptive limits
 ///
-/// The [`ConcurrencyFeedback`] methods do nothing: a learned limit would have to be
-/// shared by the fleet to mean anything (one worker halving its own share does not
-/// relieve a mailbox that four workers hit), and the layers already pass the
+/// For a lease, the [`ConcurrencyFeedback`] methods do nothing: a learned limit would
+/// have to be shared by the fleet to mean anything (one worker halving its own share
+/// does not relieve a mailbox that four workers hit), and the layers pass the
 /// configured limit on every request. Lower the configured limit (for example with
-/// `limit_per_key`) to react fleet-wide.
+/// `limit_per_key`) to react fleet-wide. A permit of the local fallback store passes
+/// the feedback on to it, so the per-process share adapts during an outage.
 pub struct RedisPermit {
     inner: Held,
 }
@@ -47,11 +48,23 @@ enum Held {
         id: u64,
         tx: mpsc::UnboundedSender<Msg>,
     },
-    Local(#[allow(dead_code)] MemoryPermit),
+    Local(MemoryPermit),
     Open,
 }
 
-impl ConcurrencyFeedback for RedisPermit {}
+impl ConcurrencyFeedback for RedisPermit {
+    fn congested(&self) {
+        if let Held::Local(permit) = &self.inner {
+            permit.congested();
+        }
+    }
+
+    fn succeeded(&self) {
+        if let Held::Local(permit) = &self.inner {
+            permit.succeeded();
+        }
+    }
+}
 
 impl Drop for RedisPermit {
     fn drop(&mut self) {

@@ -134,7 +134,7 @@
 //! seen at the next poll.
 //!
 //! Adaptive limits ([`ConcurrencyFeedback`](tollgate::store::ConcurrencyFeedback)) are
-//! not applied: see [`RedisPermit`].
+//! not applied to leases (only to the local fallback's permits): see [`RedisPermit`].
 //!
 //! # Cooldowns
 //!
@@ -179,8 +179,9 @@
 //! # When Redis is unreachable: [`FailurePolicy`]
 //!
 //! Every call has a bounded [timeout](RedisStoreBuilder::timeout) (default 250 ms,
-//! also the connection manager's connect and response timeouts). A call that fails or
-//! times out marks Redis down for [`retry_interval`](RedisStoreBuilder::retry_interval)
+//! also the connection manager's connect and response timeouts). A call that times
+//! out or cannot reach a serving Redis marks Redis down for
+//! [`retry_interval`](RedisStoreBuilder::retry_interval)
 //! (default 1 s), during which requests get the policy's answer at once; then the next
 //! request tries Redis again, while the connection manager reconnects in the
 //! background. So a dead Redis costs a request at most one timeout, and admissions go

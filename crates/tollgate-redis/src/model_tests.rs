@@ -337,3 +337,53 @@ fn an_admitted_state_expires_once_it_is_forgotten() {
     let ttl = d.pttl("ttl");
     assert!((65_900..=66_001).contains(&ttl), "{ttl}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_under_a_key_fails_that_key_only() {
+    use tollgate::key::Key;
+    use tollgate::store::{Admission, QuotaAsk, QuotaStore};
+    use tollgate::{Error, ErrorKind};
+
+    async fn admit(store: &crate::RedisStore, key: &Key, quotas: &QuotaSet) -> Result<(), Error> {
+        match store.admit(key, &QuotaAsk::new(quotas, 1)) {
+            Admission::Ready(_) => Ok(()),
+            Admission::Rejected(err) => Err(err),
+            Admission::Wait(wait) => tokio::time::timeout(Duration::from_secs(5), wait)
+                .await
+                .expect("decided")
+                .map(drop),
+        }
+    }
+
+    let Some(server) = support::RedisServer::start().await else {
+        return;
+    };
+    let store = server.store();
+    let quotas = QuotaSet::from(Quota::sliding(5, Duration::from_secs(1)).unwrap());
+    let (key, other) = (Key::from_static("foreign"), Key::from_static("fine"));
+    let name = crate::keys::state_key(store.prefix(), &key, b'q');
+    let mut conn = store.connection_manager().clone();
+
+    // Another program's hash under the key's name: that key fails (by the policy),
+    // Redis is not marked down, other keys go on.
+    let () = redis::cmd("HSET")
+        .arg(&name)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = admit(&store, &key, &quotas).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreUnavailable);
+    assert!(store.is_available());
+    admit(&store, &other, &quotas).await.unwrap();
+
+    // A string that is not a state of ours is replaced, not trusted.
+    let () = redis::cmd("SET")
+        .arg(&name)
+        .arg("\u{1}garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    admit(&store, &key, &quotas).await.unwrap();
+}

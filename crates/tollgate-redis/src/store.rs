@@ -24,9 +24,12 @@ use crate::scripts::SCRIPTS;
 /// What a [`RedisStore`] does when Redis cannot be reached, answers an error, or does
 /// not answer within the store's [`timeout`](RedisStoreBuilder::timeout).
 ///
-/// After a failure the store treats Redis as down for
-/// [`retry_interval`](RedisStoreBuilder::retry_interval): requests meanwhile get the
-/// policy's answer at once, without waiting for another timeout. The first request
+/// After a failure that says Redis cannot serve (a timeout, a connection failure, a
+/// server loading, busy, read-only or without a master) the store treats Redis as down
+/// for [`retry_interval`](RedisStoreBuilder::retry_interval): requests meanwhile get
+/// the policy's answer at once, without waiting for another timeout. An error Redis
+/// answers for one request only (another program's value of another type under a
+/// tollgate key name) gives that request the policy's answer and marks nothing down. The first request
 /// after that tries Redis again (the connection manager reconnects in the
 /// background), so admissions go back to Redis as soon as it answers: nothing hangs,
 /// and no request waits more than one timeout for a dead server.
@@ -398,6 +401,25 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// Whether `err` says Redis cannot serve requests now (as opposed to an error answered
+/// for one request): connection failures, and servers loading, busy, read-only or
+/// without a master.
+fn unavailable(err: &RedisError) -> bool {
+    use redis::{ErrorKind as Kind, ServerErrorKind as Server};
+    match err.kind() {
+        Kind::Io | Kind::ClusterConnectionNotFound | Kind::AuthenticationFailed => true,
+        Kind::Server(
+            Server::BusyLoading
+            | Server::TryAgain
+            | Server::ClusterDown
+            | Server::MasterDown
+            | Server::ReadOnly,
+        ) => true,
+        Kind::Extension => err.code() == Some("BUSY"),
+        _ => err.is_unrecoverable_error(),
+    }
+}
+
 /// `d` in whole microseconds, rounded up, saturating.
 pub(crate) fn micros_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
@@ -434,6 +456,13 @@ impl Shared {
                     tracing::info!(target: "tollgate::redis", "redis available again");
                 }
                 return Ok(value);
+            }
+            Ok(Err(err)) if !unavailable(&err) => {
+                // Redis is up and answered this request with an error (a key of another
+                // type under our name, say): this request gets the failure policy, the
+                // others keep using Redis.
+                tracing::warn!(target: "tollgate::redis", error = %err, "redis refused a call");
+                return Err(StoreFailure::Redis(err));
             }
             Ok(Err(err)) => StoreFailure::Redis(err),
             Err(_) => StoreFailure::Timeout(self.timeout),

@@ -167,10 +167,17 @@ local function quotas(first, n)
   return qs
 end
 
+-- A key's quota state, or nil when there is none (or it is not one of ours: a value
+-- left by another version or another program is replaced, never trusted).
 local function load(key)
   local raw = redis.call('GET', key)
-  if raw then
-    return cmsgpack.unpack(raw)
+  if not raw then
+    return nil
+  end
+  local ok, st = pcall(cmsgpack.unpack, raw)
+  if ok and type(st) == 'table' and type(st.sig) == 'string' and type(st.lt) == 'number'
+      and type(st.cd) == 'number' and type(st.nr) == 'number' and type(st.w) == 'table' then
+    return st
   end
   return nil
 end
