@@ -27,6 +27,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
+use tollgate_examples::graph::PAGE;
 use tollgate_redis::RedisStore;
 use tollgate_sim::{GraphSim, SimStats};
 
@@ -41,8 +42,6 @@ const CONCURRENCY: u32 = 4;
 /// concurrency limit binds as well as the quota (4 slots turn over 40 times a second,
 /// twice the quota's steady rate).
 const LATENCY: Duration = Duration::from_millis(100);
-/// Messages per page, as the worker asks (`$top`).
-const PAGE: u64 = 25;
 /// The longest a worker may run before it is killed and the test fails. A run takes a
 /// few seconds; this is for a machine under heavy load, and against a hang.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(90);
