@@ -452,7 +452,8 @@ async fn paired_ratios(ops: &[(&'static str, Op)]) {
     }
 }
 
-/// A `redis-server` of the bench's own on a free loopback port, killed when dropped.
+/// A `redis-server` of the bench's own on a free loopback port, stopped when dropped
+/// or when the bench exits.
 struct RedisServer {
     child: Child,
     port: u16,
@@ -467,9 +468,17 @@ impl RedisServer {
                 .and_then(|listener| listener.local_addr())
                 .expect("a free loopback port")
                 .port();
-            let child = Command::new(&binary)
+            // The server lives exactly as long as this process: a shell holds it and
+            // waits on a pipe from us; when the bench exits, however it exits (criterion's
+            // `--list` ends the process without running destructors; a kill), the pipe
+            // closes, `read` returns, and the shell stops the server.
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(r#""$0" "$@" & server=$!; read line; kill $server; wait $server"#)
+                .arg(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -503,7 +512,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Closing the pipe stops the server; the shell exits once it has.
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
