@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
+use hyper::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::ProgressBar;
@@ -22,9 +23,10 @@ use tollgate::classify::ThrottleClassifierLayer;
 use tollgate::key::PathSegment;
 use tollgate::quota::Quota;
 use tollgate::retry::Backoff;
+use tollgate::store::{ConcurrencyStore, MemoryStore, QuotaStore};
 use tollgate::{ConcurrencyPerKeyLayer, QuotaWindowLayer, RetryAfterBackoffLayer};
 use tollgate_sim::GraphSim;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 use crate::strategy::{Strategy, Svc, boxed, naive_retry};
 
@@ -71,6 +73,68 @@ pub fn retry_layer() -> RetryAfterBackoffLayer {
         .max_elapsed(Duration::from_secs(30))
 }
 
+/// The limits the tollgate client keeps per mailbox.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Requests allowed in any sliding `window`.
+    pub quota: u32,
+    /// The quota's window.
+    pub window: Duration,
+    /// Added to the window on the client's side, for the time between the client's
+    /// admission and the server's count (see `QuotaWindowLayer::safety_margin`).
+    pub margin: Duration,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+}
+
+impl Default for Limits {
+    /// The simulator's: [`QUOTA`] per [`WINDOW`], [`CONCURRENCY`] in flight, and
+    /// [`MARGIN`].
+    fn default() -> Self {
+        Limits {
+            quota: QUOTA,
+            window: WINDOW,
+            margin: MARGIN,
+            concurrency: CONCURRENCY,
+        }
+    }
+}
+
+/// The full tollgate client stack over `http`: `RetryAfterBackoff` → `QuotaWindow` →
+/// `ConcurrencyPerKey` → `ThrottleClassifier` (Graph preset), both limit layers keyed
+/// by mailbox and kept in `store` (a `MemoryStore` for one process, a
+/// `tollgate_redis::RedisStore` for a fleet).
+///
+/// # Errors
+///
+/// If `limits` make no valid quota (a zero quota or window).
+pub fn client<St, H, B>(limits: Limits, store: St, http: H) -> Result<Svc<Empty<Bytes>>, BoxError>
+where
+    St: QuotaStore + ConcurrencyStore,
+    H: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send + Sync,
+{
+    let mailbox = PathSegment::pattern("/v1.0/users/{id}/messages", "id")?;
+    Ok(boxed(
+        ServiceBuilder::new()
+            .layer(retry_layer())
+            .layer(
+                QuotaWindowLayer::new(
+                    Quota::sliding(limits.quota, limits.window)?,
+                    mailbox.clone(),
+                )
+                .safety_margin(limits.margin)?
+                .store(store.clone()),
+            )
+            .layer(ConcurrencyPerKeyLayer::new(limits.concurrency, mailbox).store(store))
+            .layer(ThrottleClassifierLayer::graph())
+            .service(http),
+    ))
+}
+
 /// The client of `strategy`; `sent` counts every request handed to the HTTP client,
 /// retries included.
 ///
@@ -87,30 +151,16 @@ pub fn build_client(
         counter.fetch_add(1, Ordering::Relaxed);
         request
     };
+    let http = ServiceBuilder::new().map_request(count).service(http);
     Ok(match strategy {
-        Strategy::Tollgate => {
-            let mailbox = PathSegment::pattern("/v1.0/users/{id}/messages", "id")?;
-            boxed(
-                ServiceBuilder::new()
-                    .layer(retry_layer())
-                    .layer(
-                        QuotaWindowLayer::new(Quota::sliding(QUOTA, WINDOW)?, mailbox.clone())
-                            .safety_margin(MARGIN)?,
-                    )
-                    .layer(ConcurrencyPerKeyLayer::new(CONCURRENCY, mailbox))
-                    .layer(ThrottleClassifierLayer::graph())
-                    .map_request(count)
-                    .service(http),
-            )
-        }
+        Strategy::Tollgate => client(Limits::default(), MemoryStore::new(), http)?,
         Strategy::RetryOnly => boxed(
             ServiceBuilder::new()
                 .layer(retry_layer())
                 .layer(ThrottleClassifierLayer::graph())
-                .map_request(count)
                 .service(http),
         ),
-        Strategy::Naive => boxed(ServiceBuilder::new().map_request(count).service(http)),
+        Strategy::Naive => boxed(http),
     })
 }
 
@@ -123,7 +173,13 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-async fn get_page(client: Svc<Empty<Bytes>>, uri: &str) -> Result<Page, String> {
+/// Fetches and parses one page at `uri`; anything but a `200` with a `value` array is
+/// an error.
+///
+/// # Errors
+///
+/// The client's error, a status other than `200`, or a body that is not a page.
+pub async fn get_page(client: Svc<Empty<Bytes>>, uri: &str) -> Result<Page, String> {
     let request = Request::get(uri)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
