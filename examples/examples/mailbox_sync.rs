@@ -16,7 +16,7 @@
 //! concurrency limit and the quota. `--strategy` picks the client:
 //!
 //! - `tollgate` (default): `RetryAfterBackoff` (Graph preset, backoff scaled to the
-//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 25 ms of
+//!   simulator's time) → `QuotaWindow` (sliding, the simulator's quota, 50 ms of
 //!   margin, queued requests released at the default spacing, 45 ms) → `ConcurrencyPerKey` (4)
 //!   → `ThrottleClassifier` (Graph preset) → `hyper_util` client, the limits keyed by
 //!   mailbox (the client is in `tollgate_examples::graph`, which says why those
