@@ -97,21 +97,12 @@ fn run_case(
             let (at, cost) = admitted.swap_remove(pick % admitted.len());
             quota::refund_all(quotas, &mut states, at, now, cost);
             let mut call = scripts.refund.key(name);
-            call.arg((at, cost, &params.sig, &params.args, now));
+            call.arg((at, cost, &params.set, now));
             let done: i64 = call.invoke(con).unwrap();
             prop_assert_eq!(done, 1);
         }
         let mut call = scripts.admit.key(name);
-        call.arg((
-            step.cost,
-            0,
-            0,
-            1,
-            params.forget,
-            &params.sig,
-            &params.args,
-            now,
-        ));
+        call.arg((&params.request(step.cost, 0, 0, true)[..], &params.set, now));
         let reply: Vec<i64> = call.invoke(con).unwrap();
         match quota::check_all(quotas, &states, now, step.cost) {
             Ok(()) => {
@@ -221,7 +212,7 @@ impl Driven {
     ) -> Vec<i64> {
         let p = Params::new(quotas);
         let mut call = self.admit.key(key);
-        call.arg((cost, hold, spacing, 0, p.forget, &p.sig, &p.args, now));
+        call.arg((&p.request(cost, hold, spacing, false)[..], &p.set, now));
         call.invoke(&mut self.con).unwrap()
     }
 

@@ -30,15 +30,17 @@ const OPEN: u64 = LOCAL | (1 << 62);
 /// A quota set as the scripts take it: microseconds, rounded up (never more
 /// permissive than the nanosecond maths of `tollgate::quota`).
 pub(crate) struct Params {
-    pub(crate) args: Vec<u64>,
-    pub(crate) sig: String,
+    /// Five numbers per quota (kind, limit, capacity, window, step) as little-endian
+    /// `f64`s (exact: all are below 2^53), which the scripts read without parsing
+    /// decimals; also the set's signature.
+    pub(crate) set: Vec<u8>,
+    /// How long the state matters after an admission (µs).
     pub(crate) forget: u64,
 }
 
 impl Params {
     pub(crate) fn new(quotas: &QuotaSet) -> Self {
-        let mut args = Vec::with_capacity(1 + 5 * quotas.len());
-        args.push(quotas.len() as u64);
+        let mut set = Vec::with_capacity(40 * quotas.len());
         let mut forget = 0;
         for quota in quotas.iter() {
             let window = micros_up(quota.window());
@@ -62,15 +64,34 @@ impl Params {
                 2 => window,
                 _ => cap * step,
             });
-            args.extend([kind, u64::from(quota.limit()), cap, window, step]);
+            for n in [kind, u64::from(quota.limit()), cap, window, step] {
+                set.extend_from_slice(&double(n));
+            }
         }
-        let sig = args
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        Params { args, sig, forget }
+        Params { set, forget }
     }
+
+    /// The admission script's request argument: cost, hold, spacing, report, forget.
+    pub(crate) fn request(&self, cost: u32, hold: u64, spacing: u64, report: bool) -> [u8; 40] {
+        let mut out = [0; 40];
+        let numbers = [
+            u64::from(cost),
+            hold,
+            spacing,
+            u64::from(report),
+            self.forget,
+        ];
+        for (chunk, n) in out.chunks_exact_mut(8).zip(numbers) {
+            chunk.copy_from_slice(&double(n));
+        }
+        out
+    }
+}
+
+/// `n` as the little-endian double Lua's `struct.unpack('<d')` reads (exact below
+/// 2^53, which every number of a quota or a request is).
+fn double(n: u64) -> [u8; 8] {
+    (n as f64).to_le_bytes()
 }
 
 enum Reply {
@@ -137,15 +158,10 @@ impl RedisStore {
     async fn admit_script(&self, req: &Request, queued: bool) -> Result<Reply, StoreFailure> {
         let shared = &self.shared;
         let spacing = if queued { micros_up(req.spacing) } else { 0 };
-        let args = (
-            req.cost,
-            shared.hold(&req.name),
-            spacing,
-            u8::from(req.report),
-            req.params.forget,
-            &req.params.sig,
-            &req.params.args,
-        );
+        let request = req
+            .params
+            .request(req.cost, shared.hold(&req.name), spacing, req.report);
+        let args = (&request[..], &req.params.set[..]);
         let reply: Vec<i64> = shared.eval(&SCRIPTS.admit, &req.name, args).await?;
         let num = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok(match reply.first() {
@@ -351,7 +367,7 @@ impl QuotaStore for RedisStore {
         let store = self.clone();
         let name = keys::state_key(&self.shared.prefix, key, b'q');
         let params = Params::new(quotas);
-        let args = (at / 1000, grant.cost(), params.sig, params.args);
+        let args = (at / 1000, grant.cost(), params.set);
         self.shared.handle.spawn(async move {
             let shared = &store.shared;
             let done: Result<i64, _> = shared.eval(&SCRIPTS.refund, &name, args).await;
@@ -424,15 +440,20 @@ mod tests {
         ])
         .unwrap();
         let p = Params::new(&set);
+        let numbers: Vec<u64> = p
+            .set
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as u64)
+            .collect();
         assert_eq!(
-            p.args,
+            numbers,
             [
-                3, 1, 35, 35, 60_000_000, 1_875_000, 3, 3, 2, 1_000_000, 333_334, 2, 5, 5, 1_001,
+                1, 35, 35, 60_000_000, 1_875_000, 3, 3, 2, 1_000_000, 333_334, 2, 5, 5, 1_001,
                 1_001
             ]
         );
         assert_eq!(p.forget, 61_875_000);
-        assert!(p.sig.starts_with("3,1,35,35,"));
+        assert_eq!(p.request(2, 0, 7, true)[16..24], 7f64.to_le_bytes());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! [`redis::Script`] sends `EVALSHA` and, on `NOSCRIPT` (a restarted or flushed
 //! server, a failover to a replica that never saw the script), loads the script and
-//! runs it again in the same call. Every script is the clock, the shared window maths
-//! (`lua/windows.lua`) and its own body, so each is self-contained.
+//! runs it again in the same call. Every script is the clock and its own body; the
+//! quota scripts also get the shared window maths (`lua/windows.lua`) in between, so
+//! each is self-contained and the lease scripts do not build closures they never call.
 
 use std::sync::LazyLock;
 
@@ -34,13 +35,17 @@ fn script(clock: &str, body: &str) -> Script {
     Script::new(&format!("{clock}{WINDOWS}\n{body}"))
 }
 
+fn plain(body: &str) -> Script {
+    Script::new(&format!("{CLOCK}{body}"))
+}
+
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     admit: script(CLOCK, ADMIT),
     refund: script(CLOCK, REFUND),
     cooldown: script(CLOCK, include_str!("lua/cooldown.lua")),
-    global: script(CLOCK, include_str!("lua/global.lua")),
-    lease_acquire: script(CLOCK, include_str!("lua/lease_acquire.lua")),
-    lease_renew: script(CLOCK, include_str!("lua/lease_renew.lua")),
+    global: plain(include_str!("lua/global.lua")),
+    lease_acquire: plain(include_str!("lua/lease_acquire.lua")),
+    lease_renew: plain(include_str!("lua/lease_renew.lua")),
     peek: script(CLOCK, include_str!("lua/peek.lua")),
 });
 

@@ -37,7 +37,7 @@ impl RedisStore {
         let lease_key = keys::state_key(&shared.prefix, key, b'c');
         let params = Params::new(quotas);
         let mut invocation = SCRIPTS.peek.key(&quota_key);
-        invocation.key(&lease_key).arg((&params.sig, &params.args));
+        invocation.key(&lease_key).arg(&params.set[..]);
         let mut conn = shared.conn.clone();
         let reply: Vec<i64> = shared
             .bounded(invocation.invoke_async(&mut conn))

@@ -6,8 +6,8 @@
 -- Returns the microseconds until the key's cooldown ends.
 local real = clock()
 local delay = tonumber(ARGV[1])
-local st = load(KEYS[1]) or {sig = '', lt = 0, cd = 0, nr = 0, w = {}}
-st.cd = math.max(st.cd, real + delay)
-local ttl = math.max(redis.call('PTTL', KEYS[1]), math.ceil((st.cd - real) / 1000) + 1)
-redis.call('SET', KEYS[1], cmsgpack.pack(st), 'PX', ttl)
-return st.cd - real
+local s = load(KEYS[1]) or {'', 0, 0, 0}
+s[3] = max(s[3], real + delay)
+local ttl = max(redis.call('PTTL', KEYS[1]), math.ceil((s[3] - real) / 1000) + 1)
+redis.call('SET', KEYS[1], cmsgpack.pack(s), 'PX', ttl)
+return s[3] - real

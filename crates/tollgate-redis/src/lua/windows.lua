@@ -1,18 +1,34 @@
 -- tollgate-redis: the window maths of tollgate::quota, on Redis's clock in microseconds.
--- Prepended to every script, after clock() (see scripts.rs).
+-- Prepended to the quota scripts, after clock() (see scripts.rs).
 --
--- A quota q is {kind, limit, cap, window, step} (microseconds, rounded up from the
--- Rust quota's nanoseconds, so never more permissive):
---   kind 1 sliding: step = granularity g; state {j1, c1, j2, c2, ...}, non-empty buckets
+-- Written for the admission path, which runs on every request: numbers are passed as
+-- arguments, with no table per quota or per window, and there are few functions (each
+-- `local function` is a closure built again on every call).
+--
+-- A quota is five numbers: kind, limit, cap, window, step (microseconds, rounded up
+-- from the Rust quota's nanoseconds, so never more permissive).
+--   kind 1 sliding: step = granularity g; state j1, c1, j2, c2, ...: non-empty buckets
 --                   in index order; bucket j stops counting at E(j) = (j+1)g + W - 1.
---   kind 2 fixed:   step = W; state {k, count} of the newest aligned window k.
---   kind 3 smooth:  step = T; state {tat, latest} (GCRA, burst = cap).
+--   kind 2 fixed:   step = W; state k, count of the newest aligned window k.
+--   kind 3 smooth:  step = T; state tat, latest (GCRA, burst = cap).
+-- A quota set is one argument: its quotas' numbers as little-endian doubles (exact
+-- below 2^53), 40 bytes per quota, read with struct.unpack('<ddddd', set, 40 * i + 1).
+-- That costs no decimal parsing (tonumber is a strtod, about a quarter of a
+-- microsecond each), and the bytes are the set's signature as well.
+--
+-- A key's state is one flat MessagePack array:
+--   {set, lt, cd, nr, n1, <n1 numbers>, n2, <n2 numbers>, ...}
+-- (the set it was made for, latest time, cooldown end, next release, then each
+-- quota's window state as a count and its numbers; a count of 0 is an empty window.)
+-- Below, a window is (s, p, c): its count is s[p], its numbers s[p+1] .. s[p+c].
 -- Times never go backwards per key (the caller clamps now to the latest time seen), so
 -- no state needs the out-of-order handling of the in-memory ring.
 
+local floor, max, min, type = math.floor, math.max, math.min, type
+
 -- floor(a / b) for non-negative integers below 2^53, exact despite float division.
 local function div(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   if q * b > a then
     q = q - 1
   elseif (q + 1) * b <= a then
@@ -21,150 +37,122 @@ local function div(a, b)
   return q
 end
 
-local function expiry(q, j)
-  return (j + 1) * q.step + q.window - 1
-end
-
-local function used_at(q, w, t)
-  local used = 0
-  for i = 1, #w, 2 do
-    if expiry(q, w[i]) > t then
-      used = used + w[i + 1]
-    end
-  end
-  return used
-end
-
 -- The earliest t >= from at which cost (<= cap) units fit, if nothing else happens.
-local function earliest(q, w, from, cost)
-  if q.kind == 1 then
-    local t = from
-    local used = used_at(q, w, t)
-    for i = 1, #w, 2 do
-      if used + cost <= q.limit then
+local function earliest(kind, limit, cap, window, step, s, p, c, from, cost)
+  if kind == 1 then
+    local t, used = from, 0
+    for i = p + 1, p + c, 2 do
+      if (s[i] + 1) * step + window - 1 > t then
+        used = used + s[i + 1]
+      end
+    end
+    for i = p + 1, p + c, 2 do
+      if used + cost <= limit then
         break
       end
-      local e = expiry(q, w[i])
-      if e > t and w[i + 1] > 0 then
-        used = used - w[i + 1]
+      local e = (s[i] + 1) * step + window - 1
+      if e > t and s[i + 1] > 0 then
+        used = used - s[i + 1]
         t = e
       end
     end
     return t
-  elseif q.kind == 2 then
-    if #w == 0 then
+  elseif kind == 2 then
+    if c == 0 then
       return from
     end
-    local at = div(from, q.window)
-    if at < w[1] then
-      at = w[1]
-      from = at * q.window
+    local k = s[p + 1]
+    local at = div(from, window)
+    if at < k then
+      at = k
+      from = at * window
     end
-    if at > w[1] or w[2] + cost <= q.limit then
+    if at > k or s[p + 2] + cost <= limit then
       return from
     end
-    return (w[1] + 1) * q.window
-  else
-    local tat = w[1] or 0
-    return math.max(from, tat - (q.cap - cost) * q.step)
+    return (k + 1) * window
   end
+  local tat = 0
+  if c > 0 then
+    tat = s[p + 1]
+  end
+  return max(from, tat - (cap - cost) * step)
 end
 
-local function remaining(q, w, now)
+-- Remaining units now, and the RateLimit `t`: until one unit when none remains, else
+-- until full replenishment.
+local function usage(kind, limit, cap, window, step, s, p, c, now)
   local left
-  if q.kind == 1 then
-    left = q.limit - used_at(q, w, now)
-  elseif q.kind == 2 then
-    if #w == 0 or div(now, q.window) > w[1] then
-      left = q.limit
-    else
-      left = q.limit - w[2]
+  if kind == 1 then
+    left = limit
+    for i = p + 1, p + c, 2 do
+      if (s[i] + 1) * step + window - 1 > now then
+        left = left - s[i + 1]
+      end
+    end
+  elseif kind == 2 then
+    left = limit
+    if c > 0 and div(now, window) <= s[p + 1] then
+      left = limit - s[p + 2]
     end
   else
-    local ahead = math.max(0, (w[1] or 0) - now)
-    left = q.cap - div(ahead + q.step - 1, q.step)
+    local ahead = 0
+    if c > 0 then
+      ahead = max(0, s[p + 1] - now)
+    end
+    left = cap - div(ahead + step - 1, step)
   end
-  return math.max(0, math.min(left, q.cap))
+  left = max(0, min(left, cap))
+  local want = cap
+  if left == 0 then
+    want = 1
+  end
+  return left, earliest(kind, limit, cap, window, step, s, p, c, now, want) - now
 end
 
--- The RateLimit `t`: until one unit when none remains, else until full replenishment.
-local function reset_after(q, w, now)
-  local cost = q.cap
-  if remaining(q, w, now) == 0 then
-    cost = 1
-  end
-  return earliest(q, w, now, cost) - now
-end
-
-local function commit(q, w, now, cost)
+-- Appends to o, after index m, the window (s, p, c) once cost units are admitted at
+-- now: its count, then its numbers. Returns o's new length.
+local function commit(kind, window, step, s, p, c, now, cost, o, m)
+  local at = m + 1
+  local k = at
   if cost == 0 then
-    return w
-  end
-  if q.kind == 1 then
-    local out = {}
-    for i = 1, #w, 2 do
-      if expiry(q, w[i]) > now and w[i + 1] > 0 then
-        out[#out + 1] = w[i]
-        out[#out + 1] = w[i + 1]
+    for i = p + 1, p + c do
+      k = k + 1
+      o[k] = s[i]
+    end
+  elseif kind == 1 then
+    for i = p + 1, p + c, 2 do
+      local n = s[i + 1]
+      if n > 0 and (s[i] + 1) * step + window - 1 > now then
+        o[k + 1], o[k + 2] = s[i], n
+        k = k + 2
       end
     end
-    local j = div(now, q.step)
-    if #out > 0 and out[#out - 1] == j then
-      out[#out] = out[#out] + cost
+    local j = div(now, step)
+    if k > at and o[k - 1] == j then
+      o[k] = o[k] + cost
     else
-      out[#out + 1] = j
-      out[#out + 1] = cost
+      o[k + 1], o[k + 2] = j, cost
+      k = k + 2
     end
-    return out
-  elseif q.kind == 2 then
-    local at = div(now, q.window)
-    if #w == 0 or at > w[1] then
-      w = {at, 0}
+  elseif kind == 2 then
+    local w = div(now, window)
+    if c == 0 or w > s[p + 1] then
+      o[k + 1], o[k + 2] = w, cost
+    else
+      o[k + 1], o[k + 2] = s[p + 1], s[p + 2] + cost
     end
-    w[2] = w[2] + cost
-    return w
+    k = k + 2
   else
-    local tat = math.max(w[1] or 0, now) + cost * q.step
-    return {tat, math.max(w[2] or 0, now)}
-  end
-end
-
--- Gives back an admission of cost units at admitted_at, as WindowState::refund does.
-local function refund(q, w, admitted_at, now, cost)
-  if q.kind == 1 then
-    local j = div(admitted_at, q.step)
-    for i = 1, #w, 2 do
-      if w[i] == j then
-        w[i + 1] = math.max(0, w[i + 1] - cost)
-      end
+    local tat, latest = 0, 0
+    if c > 0 then
+      tat, latest = s[p + 1], s[p + 2]
     end
-  elseif q.kind == 2 then
-    if #w > 0 and div(admitted_at, q.window) == w[1] then
-      w[2] = math.max(0, w[2] - cost)
-    end
-  elseif #w > 0 then
-    local span = cost * q.step
-    local later = math.max(now, w[2])
-    local back = math.min(span, math.max(0, admitted_at + span - later))
-    w[1] = w[1] - back
+    o[k + 1], o[k + 2] = max(tat, now) + cost * step, max(latest, now)
+    k = k + 2
   end
-  return w
-end
-
--- The quotas in ARGV from index `first`: n groups of five numbers.
-local function quotas(first, n)
-  local qs = {}
-  for i = 0, n - 1 do
-    local b = first + 5 * i
-    qs[i + 1] = {
-      kind = tonumber(ARGV[b]),
-      limit = tonumber(ARGV[b + 1]),
-      cap = tonumber(ARGV[b + 2]),
-      window = tonumber(ARGV[b + 3]),
-      step = tonumber(ARGV[b + 4]),
-    }
-  end
-  return qs
+  o[at] = k - at
+  return k
 end
 
 -- A key's quota state, or nil when there is none (or it is not one of ours: a value
@@ -174,10 +162,23 @@ local function load(key)
   if not raw then
     return nil
   end
-  local ok, st = pcall(cmsgpack.unpack, raw)
-  if ok and type(st) == 'table' and type(st.sig) == 'string' and type(st.lt) == 'number'
-      and type(st.cd) == 'number' and type(st.nr) == 'number' and type(st.w) == 'table' then
-    return st
+  local ok, s = pcall(cmsgpack.unpack, raw)
+  if not ok or type(s) ~= 'table' or type(s[1]) ~= 'string' or type(s[2]) ~= 'number'
+      or type(s[3]) ~= 'number' or type(s[4]) ~= 'number' then
+    return nil
   end
-  return nil
+  local p, len = 5, #s
+  while p <= len do
+    local c = s[p]
+    if type(c) ~= 'number' or c < 0 or c % 2 ~= 0 or p + c > len then
+      return nil
+    end
+    for i = p + 1, p + c do
+      if type(s[i]) ~= 'number' then
+        return nil
+      end
+    end
+    p = p + c + 1
+  end
+  return s
 end
