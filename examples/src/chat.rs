@@ -76,7 +76,7 @@ pub fn retry_layer() -> RetryAfterBackoffLayer {
 ///   classed) → `ThrottleClassifier` (Google preset) → `hyper_util` client, every
 ///   quota sliding and widened by [`MARGIN`];
 /// - `retry-only`: [`retry_layer`] → `ThrottleClassifier` → client;
-/// - `naive`: the bare client (see [`write`] and [`read`] for its retries).
+/// - `naive`: the bare client (see [`write`](fn@write) and [`read`] for its retries).
 ///
 /// # Errors
 ///
