@@ -104,24 +104,6 @@ enum Reply {
     Never(usize),
 }
 
-fn refusal(key: &Key, wait: Duration, throttled: bool, index: usize) -> Error {
-    let kind = if throttled {
-        ErrorKind::Throttled
-    } else {
-        ErrorKind::QuotaExceeded
-    };
-    Error::new(kind)
-        .with_key(key.id())
-        .with_quota_index(index)
-        .with_retry_after(Instant::now(), wait)
-}
-
-fn cost_too_high(key: &Key, index: usize) -> Error {
-    Error::new(ErrorKind::CostTooHigh)
-        .with_key(key.id())
-        .with_quota_index(index)
-}
-
 /// `quota` with its limit (and burst) divided among `fleet` processes, at least 1.
 fn share(quota: &Quota, fleet: u32) -> Quota {
     let part = |n: u32| (n / fleet).max(1);
@@ -258,14 +240,20 @@ impl Request {
                     tracing::trace!(target: "tollgate::redis", key = %self.key.id(), cost = self.cost, decision = "admitted");
                     return Ok(grant);
                 }
-                Ok(Reply::Never(index)) => return Err(cost_too_high(&self.key, index)),
+                Ok(Reply::Never(index)) => return Err(Error::cost_too_high(self.key.id(), index)),
                 Ok(Reply::Refused {
                     wait,
                     throttled,
                     index,
                 }) => {
                     let Some(waiting) = &place else {
-                        return Err(refusal(&self.key, wait, throttled, index));
+                        return Err(Error::quota_refused(
+                            self.key.id(),
+                            index,
+                            Instant::now(),
+                            wait,
+                            throttled,
+                        ));
                     };
                     let at = Instant::now() + wait;
                     if at > self.deadline {
@@ -314,7 +302,7 @@ impl QuotaStore for RedisStore {
                 .iter()
                 .position(|q| q.capacity() < ask.cost)
                 .unwrap_or(0);
-            return Admission::Rejected(cost_too_high(key, index));
+            return Admission::Rejected(Error::cost_too_high(key.id(), index));
         }
         let now = Instant::now();
         let name: Arc<[u8]> = keys::state_key(&self.shared.prefix, key, b'q').into();

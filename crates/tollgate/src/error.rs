@@ -138,6 +138,35 @@ impl Error {
         }
     }
 
+    /// A quota store's refusal of `key`'s request by the quota at `index`: admissible
+    /// `wait` after `now`. [`ErrorKind::Throttled`] when a cooldown is what holds it
+    /// (`throttled`), else [`ErrorKind::QuotaExceeded`].
+    pub fn quota_refused(
+        key: KeyId,
+        index: usize,
+        now: Instant,
+        wait: Duration,
+        throttled: bool,
+    ) -> Self {
+        let kind = if throttled {
+            ErrorKind::Throttled
+        } else {
+            ErrorKind::QuotaExceeded
+        };
+        Error::new(kind)
+            .with_key(key)
+            .with_quota_index(index)
+            .with_retry_after(now, wait)
+    }
+
+    /// A quota store's refusal of a cost that the quota at `index` can never admit
+    /// ([`ErrorKind::CostTooHigh`]).
+    pub fn cost_too_high(key: KeyId, index: usize) -> Self {
+        Error::new(ErrorKind::CostTooHigh)
+            .with_key(key)
+            .with_quota_index(index)
+    }
+
     pub(crate) fn from_key_error(err: KeyError) -> Self {
         Error::new(ErrorKind::Key).with_source(err)
     }

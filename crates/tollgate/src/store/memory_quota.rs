@@ -159,24 +159,18 @@ enum Refusal {
 impl Refusal {
     fn into_error(self, key: &Key, now: Instant) -> Error {
         match self {
-            Refusal::Never(index) => Error::new(ErrorKind::CostTooHigh)
-                .with_key(key.id())
-                .with_quota_index(index),
+            Refusal::Never(index) => Error::cost_too_high(key.id(), index),
             Refusal::Wait {
                 nanos,
                 throttled,
                 index,
-            } => {
-                let kind = if throttled {
-                    ErrorKind::Throttled
-                } else {
-                    ErrorKind::QuotaExceeded
-                };
-                Error::new(kind)
-                    .with_key(key.id())
-                    .with_quota_index(index)
-                    .with_retry_after(now, std::time::Duration::from_nanos(nanos))
-            }
+            } => Error::quota_refused(
+                key.id(),
+                index,
+                now,
+                std::time::Duration::from_nanos(nanos),
+                throttled,
+            ),
         }
     }
 }
