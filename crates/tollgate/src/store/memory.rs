@@ -347,6 +347,7 @@ impl ConcSlot {
     }
 
     /// Frees one slot, handing it to the first waiter if there is one.
+    #[inline]
     fn release(&self) {
         let mut word = self.word.load(Ordering::Acquire);
         loop {
@@ -365,6 +366,12 @@ impl ConcSlot {
                 Err(actual) => word = actual,
             }
         }
+        self.release_to_waiter();
+    }
+
+    /// [`release`](Self::release) when someone waits: the slot goes to the queue.
+    #[cold]
+    fn release_to_waiter(&self) {
         let mut wake = Wakers::default();
         {
             let mut queue = self.lock_queue();
@@ -502,12 +509,17 @@ impl super::ConcurrencyFeedback for MemoryPermit {
         self.slot.congested(self.generation);
     }
 
+    #[inline]
     fn succeeded(&self) {
-        self.slot.succeeded();
+        // The common case, a key whose limit was never lowered, stays in the caller.
+        if self.slot.learned.load(Ordering::Relaxed) != 0 {
+            self.slot.succeeded();
+        }
     }
 }
 
 impl Drop for MemoryPermit {
+    #[inline]
     fn drop(&mut self) {
         self.slot.release();
     }
