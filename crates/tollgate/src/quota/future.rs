@@ -19,7 +19,7 @@ use crate::body::ResponseBody;
 use crate::classify::{Throttle, ThrottleScope};
 use crate::key::Key;
 use crate::reject::{BoxError, Failure, Respond, Throw, rejection_response};
-use crate::store::{QuotaGrant, QuotaSet, QuotaStore};
+use crate::store::{QuotaGrant, QuotaSet, QuotaStore, QuotaUsage};
 use crate::{Error, ErrorKind};
 
 /// What to give back if the request turns out never to have been sent.
@@ -322,8 +322,17 @@ where
             refund.give_back(quotas);
         }
         if let Some(grant) = report {
-            let usage: Vec<_> = grant.usage().iter().copied().enumerate().collect();
-            headers::insert(response.headers_mut(), quotas, &usage, x_ratelimit);
+            let mut usage = [(0, QuotaUsage::default()); QuotaSet::MAX];
+            let reported = grant.usage().len();
+            for (index, (slot, used)) in usage.iter_mut().zip(grant.usage()).enumerate() {
+                *slot = (index, *used);
+            }
+            headers::insert(
+                response.headers_mut(),
+                quotas,
+                &usage[..reported],
+                x_ratelimit,
+            );
         }
     }
 }
@@ -341,7 +350,7 @@ fn refusal_headers<B>(
     };
     let usage = [(
         index,
-        crate::store::QuotaUsage {
+        QuotaUsage {
             remaining: 0,
             reset_after: after,
         },

@@ -17,6 +17,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
 
+use super::Quota;
 use crate::store::{QuotaSet, QuotaUsage};
 
 /// `RateLimit-Policy`.
@@ -37,7 +38,27 @@ fn integer(n: u64) -> Integer {
     Integer::try_from(n.min(999_999_999_999_999)).unwrap_or(Integer::constant(0))
 }
 
-fn policy_names(quotas: &QuotaSet) -> Vec<String> {
+/// What a set's fields take from the set alone: the policy names and the whole
+/// `RateLimit-Policy` value. Made once per set (see [`QuotaSet::policy_fields`]), not
+/// on every response.
+#[derive(Debug)]
+pub(crate) struct PolicyFields {
+    names: Box<[String]>,
+    policy: Option<HeaderValue>,
+}
+
+impl PolicyFields {
+    pub(crate) fn new(quotas: &[Quota]) -> Self {
+        let names = policy_names(quotas);
+        let policy = policy(quotas, &names);
+        PolicyFields {
+            names: names.into(),
+            policy,
+        }
+    }
+}
+
+fn policy_names(quotas: &[Quota]) -> Vec<String> {
     let mut names: Vec<String> = quotas
         .iter()
         .map(|q| format!("{}-per-{}s", q.limit(), secs_up(q.window())))
@@ -54,10 +75,10 @@ fn value(text: String) -> Option<HeaderValue> {
     HeaderValue::try_from(text).ok()
 }
 
-/// The `RateLimit-Policy` field of a quota set.
-pub(crate) fn policy(quotas: &QuotaSet) -> Option<HeaderValue> {
+/// The `RateLimit-Policy` field of a quota set whose policies are named `names`.
+fn policy(quotas: &[Quota], names: &[String]) -> Option<HeaderValue> {
     let mut list = ListSerializer::new();
-    for (name, quota) in policy_names(quotas).iter().zip(quotas.iter()) {
+    for (name, quota) in names.iter().zip(quotas) {
         let _ = list
             .bare_item(StringRef::from_str(name).ok()?)
             .parameter(KeyRef::constant("q"), integer(u64::from(quota.limit())))
@@ -68,7 +89,7 @@ pub(crate) fn policy(quotas: &QuotaSet) -> Option<HeaderValue> {
 
 /// The `RateLimit` field for the usage of the quotas at the given indices.
 pub(crate) fn state(quotas: &QuotaSet, usage: &[(usize, QuotaUsage)]) -> Option<HeaderValue> {
-    let names = policy_names(quotas);
+    let names = &quotas.policy_fields().names;
     let mut list = ListSerializer::new();
     for (index, usage) in usage {
         let _ = list
@@ -88,8 +109,8 @@ pub(crate) fn insert(
     usage: &[(usize, QuotaUsage)],
     x: bool,
 ) {
-    if let Some(v) = policy(quotas) {
-        headers.insert(RATELIMIT_POLICY.clone(), v);
+    if let Some(v) = &quotas.policy_fields().policy {
+        headers.insert(RATELIMIT_POLICY.clone(), v.clone());
     }
     if let Some(v) = state(quotas, usage) {
         headers.insert(RATELIMIT.clone(), v);

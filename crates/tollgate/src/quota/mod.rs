@@ -303,7 +303,7 @@ use std::time::Duration;
 mod class;
 mod fixed;
 pub mod future;
-mod headers;
+pub(crate) mod headers;
 mod layer;
 mod service;
 mod sliding;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,6 +12,7 @@ use super::{Admission, WaitPolicy};
 use crate::Error;
 use crate::key::Key;
 use crate::quota::Quota;
+use crate::quota::headers::PolicyFields;
 
 /// The quotas one key is under at once ("35 per minute AND 800 per hour"): 1 to
 /// [`QuotaSet::MAX`] quotas, cheap to clone and to move (one pointer to shared,
@@ -25,6 +26,8 @@ struct SetInner {
     capacity: u32,
     spacing: Duration,
     forget_after: Duration,
+    /// The set's `RateLimit-Policy` value and policy names, made on first use.
+    fields: OnceLock<PolicyFields>,
 }
 
 impl PartialEq for QuotaSet {
@@ -61,6 +64,7 @@ impl QuotaSet {
                 .max()
                 .unwrap_or(Duration::ZERO),
             quotas,
+            fields: OnceLock::new(),
         }))
     }
 
@@ -90,6 +94,13 @@ impl QuotaSet {
             return None;
         }
         self.0.quotas.iter().position(|q| q.capacity() < cost)
+    }
+
+    /// The parts of the `RateLimit` fields that depend on the set alone.
+    pub(crate) fn policy_fields(&self) -> &PolicyFields {
+        self.0
+            .fields
+            .get_or_init(|| PolicyFields::new(&self.0.quotas))
     }
 
     /// The spacing of releases from a wait queue: nine tenths of the shortest
@@ -209,13 +220,14 @@ pub struct QuotaUsage {
 /// Proof of an admission: what to refund if the request never reaches the server.
 ///
 /// Small (24 bytes) so that moving it through the layers costs little: the usage
-/// report, asked for only when a layer emits `RateLimit` headers, lives behind a box
-/// allocated by the first [`set_usage`](Self::set_usage).
+/// report, asked for only when a layer emits `RateLimit` headers, is allocated by the
+/// first [`set_usage`](Self::set_usage) and shared by clones (the layer keeps one for
+/// the headers and hands one to the handler in its `QuotaDecision`).
 #[derive(Clone, Debug)]
 pub struct QuotaGrant {
     pub(crate) admitted_at: u64,
     pub(crate) cost: u32,
-    usage: Option<Box<Usage>>,
+    usage: Option<Arc<Usage>>,
 }
 
 #[derive(Clone, Debug)]
@@ -237,12 +249,12 @@ impl QuotaGrant {
     /// Records the usage of the quota at `index` after this admission.
     pub fn set_usage(&mut self, index: usize, usage: QuotaUsage) {
         if index < QuotaSet::MAX {
-            let report = self.usage.get_or_insert_with(|| {
-                Box::new(Usage {
+            let report = Arc::make_mut(self.usage.get_or_insert_with(|| {
+                Arc::new(Usage {
                     quotas: [QuotaUsage::default(); QuotaSet::MAX],
                     reported: 0,
                 })
-            });
+            }));
             report.quotas[index] = usage;
             report.reported = report.reported.max(index + 1);
         }
