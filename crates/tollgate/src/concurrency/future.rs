@@ -51,8 +51,10 @@ pin_project! {
             future: F,
             permit: Option<P>,
         },
+        // Boxed: rejection is the rare path, and an inline `Error` would make every
+        // future (and each move of it) about twice as large.
         Rejected {
-            error: Option<Error>,
+            error: Option<Box<Error>>,
         },
     }
 }
@@ -122,7 +124,9 @@ where
 
     pub(super) fn rejected(error: Error, status: StatusCode) -> Self {
         ResponseFuture {
-            state: State::Rejected { error: Some(error) },
+            state: State::Rejected {
+                error: Some(Box::new(error)),
+            },
             status,
             release_on_body: false,
             _output: PhantomData,
@@ -199,7 +203,7 @@ where
                     let error = error
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Err(Failure::Rejected(error)));
+                    return Poll::Ready(Err(Failure::Rejected(*error)));
                 }
             }
         }
