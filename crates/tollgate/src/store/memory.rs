@@ -33,10 +33,14 @@ use crate::{Error, ErrorKind};
 ///   allocates one small waiter record.
 /// - **Eviction.** A key whose state is indistinguishable from fresh (nothing in
 ///   flight, nobody waiting, no permit or waiter referring to it) is removed by an
-///   amortised sweep of its shard, run by inserts when the shard has doubled since the
-///   last sweep: a shard holds at most about twice its live keys plus 64 idle ones, and
-///   there is no background task to schedule. [`MemoryStore::evict_idle`] sweeps every
-///   shard at once.
+///   amortised sweep of its shard, run by an insert when the shard has doubled since
+///   its last sweep; there is no background task to schedule. A small shard (under
+///   2,048 entries) is swept at most once a second and spares the idle keys used since
+///   its previous sweep, so that keys in steady rotation are not dropped and re-created
+///   between their requests; a larger one drops every idle key at each sweep. A shard
+///   therefore holds its live keys plus at most 2,048 idle ones, or about twice its live
+///   keys when those are more. [`MemoryStore::evict_idle`] sweeps every shard at once,
+///   with no second chances.
 /// - **`max_keys`** (default 1,000,000) bounds the number of keys held at once, against
 ///   key-cardinality attacks. When it is reached, every shard is swept; if that frees
 ///   nothing, a request for a new key is refused with [`ErrorKind::TooManyKeys`] (on a
