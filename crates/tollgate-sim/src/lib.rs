@@ -40,12 +40,13 @@
 
 pub mod chat;
 pub mod graph;
-mod serve;
+mod running;
 mod stats;
 pub mod telegram;
 mod window;
 
 pub use chat::{ChatSim, ChatStats, ProjectStats, RunningChatSim, SpaceStats};
 pub use graph::{GraphSim, RunningSim};
+pub use running::{Running, Simulator};
 pub use stats::{KeyStats, Limit, SimStats, TimelineBucket};
 pub use telegram::{RunningTelegramSim, TelegramSim, TelegramStats};

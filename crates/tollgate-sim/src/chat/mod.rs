@@ -49,15 +49,15 @@ mod body;
 mod server;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use tokio::time::Instant;
 
-use crate::serve::Serving;
+use crate::running::sealed::Serve;
+use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use server::{Config, Shared, State};
 
@@ -231,7 +231,7 @@ impl ChatSim {
     }
 
     /// Binds `127.0.0.1:0` and serves in a spawned task until
-    /// [`RunningChatSim::shutdown`] (or until it is dropped).
+    /// [`Running::shutdown`] (or until it is dropped).
     ///
     /// Must be called within a Tokio runtime.
     ///
@@ -243,70 +243,50 @@ impl ChatSim {
         for index in 0..self.spaces {
             state.add_space(Self::space_name(index), &self.config);
         }
-        let shared = Arc::new(Shared {
+        Running::start(|_| Shared {
             config: self.config,
             latency: self.latency,
             started: Instant::now(),
             timeline_bucket: self.timeline_bucket,
             state: Mutex::new(state),
-        });
-        let serving = Serving::start(server::router(Arc::clone(&shared))).await?;
-        Ok(RunningChatSim { serving, shared })
+        })
+        .await
+    }
+}
+
+impl Simulator for ChatSim {
+    type Stats = ChatStats;
+}
+
+impl Serve for ChatSim {
+    const NAME: &'static str = "RunningChatSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        server::router(shared)
+    }
+
+    fn stats(shared: &Shared) -> ChatStats {
+        shared.stats()
     }
 }
 
 /// A Chat simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`RunningChatSim::shutdown`] stops it gracefully and returns the final statistics.
-pub struct RunningChatSim {
-    serving: Serving,
-    shared: Arc<Shared>,
-}
+/// [`Running::shutdown`] stops it gracefully and returns the final statistics.
+pub type RunningChatSim = Running<ChatSim>;
 
-impl fmt::Debug for RunningChatSim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningChatSim")
-            .field("addr", &self.serving.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RunningChatSim {
-    /// The bound address (`127.0.0.1` and an ephemeral port).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.serving.addr
-    }
-
-    /// `http://127.0.0.1:<port>`, without a trailing slash; paths start with `/v1`.
-    #[must_use]
-    pub fn base_url(&self) -> &str {
-        &self.serving.base_url
-    }
-
+impl Running<ChatSim> {
     /// The messages URL of `space` (write with `POST`, read with `GET`):
     /// `{base}/v1/spaces/{space}/messages`.
     #[must_use]
     pub fn messages_url(&self, space: &str) -> String {
-        format!("{}/v1/spaces/{space}/messages", self.serving.base_url)
+        format!("{}/v1/spaces/{space}/messages", self.base_url())
     }
 
     /// The space creation URL: `{base}/v1/spaces`.
     #[must_use]
     pub fn spaces_url(&self) -> String {
-        format!("{}/v1/spaces", self.serving.base_url)
-    }
-
-    /// A snapshot of what the server has seen so far.
-    #[must_use]
-    pub fn stats(&self) -> ChatStats {
-        self.shared.stats()
-    }
-
-    /// Stops accepting connections, lets open ones finish (for up to a second, then
-    /// aborts them) and returns the final statistics.
-    pub async fn shutdown(mut self) -> ChatStats {
-        self.serving.shutdown().await;
-        self.shared.stats()
+        format!("{}/v1/spaces", self.base_url())
     }
 }
 

@@ -23,7 +23,15 @@ use crate::stats::{KeyStats, SimStats, TimelineBucket, record_arrival};
 use crate::window::{Decision, KeyState, Limits, retry_after_secs};
 
 /// State shared by every handler of one running simulator.
-pub(crate) struct Shared {
+///
+/// `pub` only because it is the simulator's
+/// [`Serve::Shared`](crate::running::sealed::Serve::Shared); this module is private,
+/// so nothing outside the crate can name it.
+#[expect(
+    missing_debug_implementations,
+    reason = "not reachable from outside the crate"
+)]
+pub struct Shared {
     pub(crate) limits: Limits,
     pub(crate) retry_after: bool,
     pub(crate) latency: Duration,

@@ -41,15 +41,15 @@ mod body;
 mod server;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use tokio::time::Instant;
 
-use crate::serve::Serving;
+use crate::running::sealed::Serve;
+use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use server::{Config, Shared, State};
 
@@ -192,7 +192,7 @@ impl TelegramSim {
     }
 
     /// Binds `127.0.0.1:0` and serves in a spawned task until
-    /// [`RunningTelegramSim::shutdown`] (or until it is dropped).
+    /// [`Running::shutdown`] (or until it is dropped).
     ///
     /// Must be called within a Tokio runtime.
     ///
@@ -200,7 +200,7 @@ impl TelegramSim {
     ///
     /// If the listener cannot be bound.
     pub async fn start(self) -> io::Result<RunningTelegramSim> {
-        let shared = Arc::new(Shared {
+        Running::start(|_| Shared {
             config: Config {
                 per_chat: self.per_chat,
                 per_group: self.per_group,
@@ -212,58 +212,37 @@ impl TelegramSim {
             started: Instant::now(),
             timeline_bucket: self.timeline_bucket,
             state: Mutex::new(State::default()),
-        });
-        let serving = Serving::start(server::router(Arc::clone(&shared))).await?;
-        Ok(RunningTelegramSim { serving, shared })
+        })
+        .await
+    }
+}
+
+impl Simulator for TelegramSim {
+    type Stats = TelegramStats;
+}
+
+impl Serve for TelegramSim {
+    const NAME: &'static str = "RunningTelegramSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        server::router(shared)
+    }
+
+    fn stats(shared: &Shared) -> TelegramStats {
+        shared.stats()
     }
 }
 
 /// A Telegram simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`RunningTelegramSim::shutdown`] stops it gracefully and returns the final
-/// statistics.
-pub struct RunningTelegramSim {
-    serving: Serving,
-    shared: Arc<Shared>,
-}
+/// [`Running::shutdown`] stops it gracefully and returns the final statistics.
+pub type RunningTelegramSim = Running<TelegramSim>;
 
-impl fmt::Debug for RunningTelegramSim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningTelegramSim")
-            .field("addr", &self.serving.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RunningTelegramSim {
-    /// The bound address (`127.0.0.1` and an ephemeral port).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.serving.addr
-    }
-
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
-    #[must_use]
-    pub fn base_url(&self) -> &str {
-        &self.serving.base_url
-    }
-
+impl Running<TelegramSim> {
     /// The `sendMessage` URL of a bot: `{base}/bot{token}/sendMessage`.
     #[must_use]
     pub fn send_message_url(&self, token: &str) -> String {
-        format!("{}/bot{token}/sendMessage", self.serving.base_url)
-    }
-
-    /// A snapshot of what the server has seen so far.
-    #[must_use]
-    pub fn stats(&self) -> TelegramStats {
-        self.shared.stats()
-    }
-
-    /// Stops accepting connections, lets open ones finish (for up to a second, then
-    /// aborts them) and returns the final statistics.
-    pub async fn shutdown(mut self) -> TelegramStats {
-        self.serving.shutdown().await;
-        self.shared.stats()
+        format!("{}/bot{token}/sendMessage", self.base_url())
     }
 }
 

@@ -33,7 +33,15 @@ pub(crate) struct Config {
 }
 
 /// State shared by every handler of one running simulator.
-pub(crate) struct Shared {
+///
+/// `pub` only because it is the simulator's
+/// [`Serve::Shared`](crate::running::sealed::Serve::Shared); this module is private,
+/// so nothing outside the crate can name it.
+#[expect(
+    missing_debug_implementations,
+    reason = "not reachable from outside the crate"
+)]
+pub struct Shared {
     pub(crate) config: Config,
     pub(crate) latency: Duration,
     pub(crate) started: Instant,
