@@ -43,6 +43,7 @@ pub mod graph;
 mod running;
 mod stats;
 pub mod telegram;
+mod timing;
 mod window;
 
 pub use chat::{ChatSim, ChatStats, ProjectStats, RunningChatSim, SpaceStats};
@@ -50,3 +51,11 @@ pub use graph::{GraphSim, RunningSim};
 pub use running::{Running, Simulator};
 pub use stats::{KeyStats, Limit, SimStats, TimelineBucket};
 pub use telegram::{RunningTelegramSim, TelegramSim, TelegramStats};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex`, also after a handler panicked while holding it: what it counted is
+/// still worth reporting.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -53,12 +53,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use tokio::time::Instant;
-
 use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
+use axum::Router;
 use server::{Config, Shared, State};
 
 /// The project of requests without an `x-goog-user-project` header.
@@ -245,9 +244,7 @@ impl ChatSim {
         }
         Running::start(|_| Shared {
             config: self.config,
-            latency: self.latency,
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             state: Mutex::new(state),
         })
         .await

@@ -1,7 +1,7 @@
 //! The Chat simulator's HTTP side: routing, the three endpoints and admission.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,7 +15,9 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::{ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
-use crate::stats::{KeyStats, Limit, TimelineBucket, record_arrival};
+use crate::lock;
+use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
 use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
 
 /// The page size of a listing without `pageSize`.
@@ -64,9 +66,7 @@ impl Counted {
 )]
 pub struct Shared {
     pub(crate) config: Config,
-    pub(crate) latency: Duration,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) state: Mutex<State>,
 }
 
@@ -136,7 +136,7 @@ fn settle(stats: &mut KeyStats, admitted: bool, messages: u64) {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     pub(crate) fn stats(&self) -> ChatStats {
@@ -163,15 +163,6 @@ impl Shared {
             space_creations_long_limit: config.space_creations_long,
             timeline: state.timeline.clone(),
         }
-    }
-
-    fn record(&self, timeline: &mut Vec<TimelineBucket>, now: Instant, admitted: bool) {
-        record_arrival(
-            timeline,
-            self.timeline_bucket,
-            now.saturating_duration_since(self.started),
-            admitted,
-        );
     }
 
     fn project<'a>(
@@ -234,7 +225,7 @@ impl Shared {
             &mut [&mut space_counted.quota, &mut project_counted.quota],
             now,
         );
-        self.record(timeline, now, decision.is_ok());
+        self.timing.record(timeline, now, decision.is_ok());
         if let Err(wait) = decision {
             settle(space_stats, false, 0);
             settle(project_stats, false, 0);
@@ -289,7 +280,8 @@ impl Shared {
             now,
         );
         settle(&mut stats.space_creations, decision.is_ok(), 0);
-        self.record(&mut state.timeline, now, decision.is_ok());
+        self.timing
+            .record(&mut state.timeline, now, decision.is_ok());
         if let Err(wait) = decision {
             return Err(Answer::throttled(wait, self.config.retry_after));
         }
@@ -354,8 +346,8 @@ impl Answer {
 
 /// Holds an admitted request for the configured latency, then answers.
 async fn answer(shared: &Shared, result: Result<Value, Answer>) -> Response {
-    if result.is_ok() && !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
+    if result.is_ok() {
+        shared.timing.hold().await;
     }
     respond(result)
 }

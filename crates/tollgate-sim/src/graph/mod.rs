@@ -43,13 +43,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use tokio::time::Instant;
-
 use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::SimStats;
+use crate::timing::Timing;
 use crate::window::{KeyState, Limits};
+use axum::Router;
 use server::Shared;
 
 /// The most sub-requests Graph accepts in one `$batch`.
@@ -227,7 +226,6 @@ impl GraphSim {
                 count_throttled: self.count_throttled,
             },
             retry_after: self.retry_after,
-            latency: self.latency,
             batch_parallelism: self.batch_parallelism,
             messages_per_mailbox: self.messages_per_mailbox,
             base_url: base_url.to_owned(),
@@ -244,8 +242,7 @@ impl GraphSim {
             not_found: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             next_request_id: AtomicU64::new(1),
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             timeline: Mutex::new(Vec::new()),
         })
         .await

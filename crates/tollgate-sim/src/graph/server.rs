@@ -2,8 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -19,7 +18,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{DEFAULT_PAGE_SIZE, MAX_BATCH_REQUESTS, MAX_PAGE_SIZE, body};
-use crate::stats::{KeyStats, SimStats, TimelineBucket, record_arrival};
+use crate::lock;
+use crate::stats::{KeyStats, SimStats, TimelineBucket};
+use crate::timing::Timing;
 use crate::window::{Decision, KeyState, Limits, retry_after_secs};
 
 /// State shared by every handler of one running simulator.
@@ -34,7 +35,6 @@ use crate::window::{Decision, KeyState, Limits, retry_after_secs};
 pub struct Shared {
     pub(crate) limits: Limits,
     pub(crate) retry_after: bool,
-    pub(crate) latency: Duration,
     pub(crate) batch_parallelism: usize,
     pub(crate) messages_per_mailbox: u64,
     pub(crate) base_url: String,
@@ -44,8 +44,7 @@ pub struct Shared {
     pub(crate) not_found: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
     pub(crate) next_request_id: AtomicU64,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) timeline: Mutex<Vec<TimelineBucket>>,
 }
 
@@ -70,11 +69,7 @@ impl Shared {
             limit_in_window: self.limits.quota as u64,
             window: self.limits.window,
             concurrency_limit: self.limits.concurrency as u64,
-            timeline: self
-                .timeline
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            timeline: lock(&self.timeline).clone(),
         }
     }
 
@@ -137,10 +132,6 @@ impl Outcome {
     }
 }
 
-fn lock(state: &Mutex<KeyState>) -> MutexGuard<'_, KeyState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Holds one admitted request's concurrency slot; frees it on drop, also when the
 /// client goes away and the handler future is dropped.
 struct InFlight<'a>(&'a Mutex<KeyState>);
@@ -199,13 +190,9 @@ async fn list_messages(
     let state = &shared.mailboxes[index].1;
     let now = Instant::now();
     let decision = lock(state).arrive(now, &shared.limits);
-    record_arrival(
-        &mut shared
-            .timeline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-        shared.timeline_bucket,
-        now.saturating_duration_since(shared.started),
+    shared.timing.record(
+        &mut lock(&shared.timeline),
+        now,
         decision == Decision::Admit,
     );
     match decision {
@@ -225,9 +212,7 @@ async fn list_messages(
     }
 
     let _slot = InFlight(state);
-    if !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
-    }
+    shared.timing.hold().await;
     let (top, skip) = match page_params(query) {
         Ok(params) => params,
         Err(message) => {

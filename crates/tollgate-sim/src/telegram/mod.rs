@@ -45,12 +45,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use tokio::time::Instant;
-
 use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
+use axum::Router;
 use server::{Config, Shared, State};
 
 /// A syntactically valid bot token for tests and demos; the simulator accepts any
@@ -208,9 +207,7 @@ impl TelegramSim {
                 flood_wait: self.flood_wait,
                 flood_after: self.flood_after,
             },
-            latency: self.latency,
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             state: Mutex::new(State::default()),
         })
         .await

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -17,7 +17,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{TelegramStats, body};
-use crate::stats::{KeyStats, Limit, TimelineBucket, record_arrival};
+use crate::lock;
+use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
 use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
 
 /// The longest text `sendMessage` accepts, in characters.
@@ -43,9 +45,7 @@ pub(crate) struct Config {
 )]
 pub struct Shared {
     pub(crate) config: Config,
-    pub(crate) latency: Duration,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) state: Mutex<State>,
 }
 
@@ -81,7 +81,7 @@ struct BotState {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     pub(crate) fn stats(&self) -> TelegramStats {
@@ -196,12 +196,7 @@ impl Shared {
                 })
             }
         };
-        record_arrival(
-            timeline,
-            self.timeline_bucket,
-            now.saturating_duration_since(self.started),
-            decision.is_ok(),
-        );
+        self.timing.record(timeline, now, decision.is_ok());
         match decision {
             Ok(()) => {
                 state.violations = 0;
@@ -370,9 +365,7 @@ async fn send_message(
     };
     match shared.admit(token, &chat) {
         Ok(message_id) => {
-            if !shared.latency.is_zero() {
-                tokio::time::sleep(shared.latency).await;
-            }
+            shared.timing.hold().await;
             let date = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
