@@ -31,6 +31,9 @@ pub(crate) mod sealed {
         /// The name of the handle in `Debug` output.
         const NAME: &'static str;
         /// The state shared by the handlers and the handle.
+        ///
+        /// Rust wants it declared `pub` since it appears here; each simulator declares
+        /// it so in its private `server` module, which keeps it out of reach.
         type Shared: Send + Sync + 'static;
         /// The routes, handlers bound to `shared`.
         fn router(shared: Arc<Self::Shared>) -> Router;

@@ -102,12 +102,6 @@ impl Default for ChatSim {
     }
 }
 
-fn checked(limit: u32, window: Duration) -> Limit {
-    assert!(limit > 0, "a limit must be at least 1");
-    assert!(!window.is_zero(), "a window must not be zero");
-    Limit::new(limit as usize, window)
-}
-
 impl ChatSim {
     /// Chat's quotas: per space 900 reads and 60 writes per minute; per project 3000
     /// message reads and 3000 message writes per minute, 35 space creations per minute
@@ -143,7 +137,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero (so for every limit setter below).
     pub fn space_reads(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_reads = checked(limit, window);
+        self.config.space_reads = Limit::checked(limit, window);
         self
     }
 
@@ -153,7 +147,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_writes(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_writes = checked(limit, window);
+        self.config.space_writes = Limit::checked(limit, window);
         self
     }
 
@@ -163,7 +157,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn project_reads(mut self, limit: u32, window: Duration) -> Self {
-        self.config.project_reads = checked(limit, window);
+        self.config.project_reads = Limit::checked(limit, window);
         self
     }
 
@@ -173,7 +167,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn project_writes(mut self, limit: u32, window: Duration) -> Self {
-        self.config.project_writes = checked(limit, window);
+        self.config.project_writes = Limit::checked(limit, window);
         self
     }
 
@@ -183,7 +177,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_creations(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_creations = checked(limit, window);
+        self.config.space_creations = Limit::checked(limit, window);
         self
     }
 
@@ -194,7 +188,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_creations_long(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_creations_long = checked(limit, window);
+        self.config.space_creations_long = Limit::checked(limit, window);
         self
     }
 
@@ -268,8 +262,7 @@ impl Serve for ChatSim {
     }
 }
 
-/// A Chat simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`Running::shutdown`] stops it gracefully and returns the final statistics.
+/// A [`ChatSim`] serving on loopback (see [`Running`]).
 pub type RunningChatSim = Running<ChatSim>;
 
 impl Running<ChatSim> {

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 
 use super::{ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
 use crate::lock;
-use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::stats::{Limit, TimelineBucket};
 use crate::timing::Timing;
-use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
+use crate::window::{Counted, admit_all, retry_after_secs};
 
 /// The page size of a listing without `pageSize`.
 const DEFAULT_PAGE_SIZE: usize = 25;
@@ -37,33 +37,9 @@ pub(crate) struct Config {
     pub(crate) retry_after: bool,
 }
 
-/// A quota and the peak statistic of its window.
-struct Counted {
-    quota: Quota,
-    peak: PeakWindow,
-}
-
-impl Counted {
-    fn new(limit: Limit) -> Self {
-        Self {
-            quota: Quota::new(
-                usize::try_from(limit.limit).unwrap_or(usize::MAX),
-                limit.window,
-            ),
-            peak: PeakWindow::new(limit.window),
-        }
-    }
-}
-
-/// State shared by every handler of one running simulator.
-///
-/// `pub` only because it is the simulator's
-/// [`Serve::Shared`](crate::running::sealed::Serve::Shared); this module is private,
-/// so nothing outside the crate can name it.
-#[expect(
-    missing_debug_implementations,
-    reason = "not reachable from outside the crate"
-)]
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
 pub struct Shared {
     pub(crate) config: Config,
     pub(crate) timing: Timing,
@@ -116,22 +92,6 @@ impl State {
 enum Class {
     Read,
     Write,
-}
-
-/// Counts one arrival in `stats`, its window peak from `counted`.
-fn see(stats: &mut KeyStats, counted: &mut Counted, now: Instant) {
-    stats.requests += 1;
-    stats.max_in_window = counted.peak.see(now);
-}
-
-/// Counts the answer to one arrival in `stats`.
-fn settle(stats: &mut KeyStats, admitted: bool, messages: u64) {
-    if admitted {
-        stats.ok += 1;
-        stats.messages_served += messages;
-    } else {
-        stats.throttled_quota += 1;
-    }
 }
 
 impl Shared {
@@ -219,16 +179,16 @@ impl Shared {
                 &mut project_state.stats.message_writes,
             ),
         };
-        see(space_stats, space_counted, now);
-        see(project_stats, project_counted, now);
+        space_counted.arrive(space_stats, now);
+        project_counted.arrive(project_stats, now);
         let decision = admit_all(
             &mut [&mut space_counted.quota, &mut project_counted.quota],
             now,
         );
         self.timing.record(timeline, now, decision.is_ok());
         if let Err(wait) = decision {
-            settle(space_stats, false, 0);
-            settle(project_stats, false, 0);
+            space_stats.settle(false, 0);
+            project_stats.settle(false, 0);
             return Err(Answer::throttled(wait, self.config.retry_after));
         }
         let (served, answer) = match (class, text) {
@@ -254,8 +214,8 @@ impl Shared {
                 (count, page.into())
             }
         };
-        settle(space_stats, true, served);
-        settle(project_stats, true, served);
+        space_stats.settle(true, served);
+        project_stats.settle(true, served);
         Ok(answer)
     }
 
@@ -266,11 +226,9 @@ impl Shared {
         let state = &mut *guard;
         let project_state = self.project(&mut state.projects, project);
         let stats = &mut project_state.stats;
-        see(
-            &mut stats.space_creations,
-            &mut project_state.creations,
-            now,
-        );
+        project_state
+            .creations
+            .arrive(&mut stats.space_creations, now);
         stats.space_creations_max_in_long_window = project_state.creations_long.peak.see(now);
         let decision = admit_all(
             &mut [
@@ -279,7 +237,7 @@ impl Shared {
             ],
             now,
         );
-        settle(&mut stats.space_creations, decision.is_ok(), 0);
+        stats.space_creations.settle(decision.is_ok(), 0);
         self.timing
             .record(&mut state.timeline, now, decision.is_ok());
         if let Err(wait) = decision {

@@ -266,8 +266,7 @@ impl Serve for GraphSim {
     }
 }
 
-/// A Graph simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`Running::shutdown`] stops it gracefully and returns the final statistics.
+/// A [`GraphSim`] serving on loopback (see [`Running`]).
 pub type RunningSim = Running<GraphSim>;
 
 impl Running<GraphSim> {

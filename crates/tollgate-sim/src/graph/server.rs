@@ -23,15 +23,9 @@ use crate::stats::{KeyStats, SimStats, TimelineBucket};
 use crate::timing::Timing;
 use crate::window::{Decision, KeyState, Limits, retry_after_secs};
 
-/// State shared by every handler of one running simulator.
-///
-/// `pub` only because it is the simulator's
-/// [`Serve::Shared`](crate::running::sealed::Serve::Shared); this module is private,
-/// so nothing outside the crate can name it.
-#[expect(
-    missing_debug_implementations,
-    reason = "not reachable from outside the crate"
-)]
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
 pub struct Shared {
     pub(crate) limits: Limits,
     pub(crate) retry_after: bool,

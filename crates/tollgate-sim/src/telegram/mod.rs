@@ -84,9 +84,9 @@ pub const TEST_TOKEN: &str = "123456789:AAH-tollgate-sim-test-token";
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct TelegramSim {
-    per_chat: (usize, Duration),
-    per_group: (usize, Duration),
-    overall: (usize, Duration),
+    per_chat: Limit,
+    per_group: Limit,
+    overall: Limit,
     flood_wait: Option<Duration>,
     flood_after: u32,
     latency: Duration,
@@ -99,20 +99,14 @@ impl Default for TelegramSim {
     }
 }
 
-fn checked(limit: u32, window: Duration) -> (usize, Duration) {
-    assert!(limit > 0, "a limit must be at least 1");
-    assert!(!window.is_zero(), "a window must not be zero");
-    (limit as usize, window)
-}
-
 impl TelegramSim {
     /// The Bot FAQ's limits: 1 message per second per chat, 20 per minute per group,
     /// 30 per second per bot; no flood wait, no added latency.
     pub fn new() -> Self {
         Self {
-            per_chat: (1, Duration::from_secs(1)),
-            per_group: (20, Duration::from_secs(60)),
-            overall: (30, Duration::from_secs(1)),
+            per_chat: Limit::new(1, Duration::from_secs(1)),
+            per_group: Limit::new(20, Duration::from_secs(60)),
+            overall: Limit::new(30, Duration::from_secs(1)),
             flood_wait: None,
             flood_after: 3,
             latency: Duration::ZERO,
@@ -126,7 +120,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn per_chat(mut self, limit: u32, window: Duration) -> Self {
-        self.per_chat = checked(limit, window);
+        self.per_chat = Limit::checked(limit, window);
         self
     }
 
@@ -136,7 +130,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn per_group(mut self, limit: u32, window: Duration) -> Self {
-        self.per_group = checked(limit, window);
+        self.per_group = Limit::checked(limit, window);
         self
     }
 
@@ -146,7 +140,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn overall(mut self, limit: u32, window: Duration) -> Self {
-        self.overall = checked(limit, window);
+        self.overall = Limit::checked(limit, window);
         self
     }
 
@@ -231,8 +225,7 @@ impl Serve for TelegramSim {
     }
 }
 
-/// A Telegram simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`Running::shutdown`] stops it gracefully and returns the final statistics.
+/// A [`TelegramSim`] serving on loopback (see [`Running`]).
 pub type RunningTelegramSim = Running<TelegramSim>;
 
 impl Running<TelegramSim> {

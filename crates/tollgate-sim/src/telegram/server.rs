@@ -20,29 +20,23 @@ use super::{TelegramStats, body};
 use crate::lock;
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use crate::timing::Timing;
-use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
+use crate::window::{Counted, admit_all, retry_after_secs};
 
 /// The longest text `sendMessage` accepts, in characters.
 const MAX_TEXT_CHARS: usize = 4096;
 
 /// The configured limits.
 pub(crate) struct Config {
-    pub(crate) per_chat: (usize, Duration),
-    pub(crate) per_group: (usize, Duration),
-    pub(crate) overall: (usize, Duration),
+    pub(crate) per_chat: Limit,
+    pub(crate) per_group: Limit,
+    pub(crate) overall: Limit,
     pub(crate) flood_wait: Option<Duration>,
     pub(crate) flood_after: u32,
 }
 
-/// State shared by every handler of one running simulator.
-///
-/// `pub` only because it is the simulator's
-/// [`Serve::Shared`](crate::running::sealed::Serve::Shared); this module is private,
-/// so nothing outside the crate can name it.
-#[expect(
-    missing_debug_implementations,
-    reason = "not reachable from outside the crate"
-)]
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
 pub struct Shared {
     pub(crate) config: Config,
     pub(crate) timing: Timing,
@@ -62,10 +56,9 @@ pub(crate) struct State {
 }
 
 struct ChatState {
-    quota: Quota,
-    peak: PeakWindow,
-    /// For group chats: the group quota and its peak.
-    group: Option<(Quota, PeakWindow)>,
+    per_chat: Counted,
+    /// For group chats: the group quota.
+    group: Option<Counted>,
     /// `429`s in a row.
     violations: u32,
     flooded_until: Option<Instant>,
@@ -74,8 +67,7 @@ struct ChatState {
 }
 
 struct BotState {
-    quota: Quota,
-    peak: PeakWindow,
+    overall: Counted,
     stats: KeyStats,
 }
 
@@ -102,11 +94,6 @@ impl Shared {
                 (token.clone(), bot.stats)
             })
             .collect();
-        let (per_chat_limit, per_group_limit, overall_limit) = (
-            Limit::new(self.config.per_chat.0, self.config.per_chat.1),
-            Limit::new(self.config.per_group.0, self.config.per_group.1),
-            Limit::new(self.config.overall.0, self.config.overall.1),
-        );
         TelegramStats {
             per_chat,
             per_bot,
@@ -114,15 +101,15 @@ impl Shared {
             group_max_in_window: state
                 .chats
                 .values()
-                .filter_map(|c| c.group.as_ref().map(|(_, peak)| peak.max()))
+                .filter_map(|c| c.group.as_ref().map(|group| group.peak.max()))
                 .max()
                 .unwrap_or(0),
             flood_waits: state.flood_waits,
             bad_requests: state.bad_requests,
             not_found: state.not_found,
-            per_chat_limit,
-            per_group_limit,
-            overall_limit,
+            per_chat_limit: self.config.per_chat,
+            per_group_limit: self.config.per_group,
+            overall_limit: self.config.overall,
             timeline: state.timeline.clone(),
         }
     }
@@ -141,31 +128,22 @@ impl Shared {
             ..
         } = &mut *guard;
         let bot = bots.entry(token.to_owned()).or_insert_with(|| BotState {
-            quota: Quota::new(config.overall.0, config.overall.1),
-            peak: PeakWindow::new(config.overall.1),
+            overall: Counted::new(config.overall),
             stats: KeyStats::default(),
         });
         let key = (token.to_owned(), chat.key.clone());
         let state = chats.entry(key).or_insert_with(|| ChatState {
-            quota: Quota::new(config.per_chat.0, config.per_chat.1),
-            peak: PeakWindow::new(config.per_chat.1),
-            group: chat.is_group().then(|| {
-                (
-                    Quota::new(config.per_group.0, config.per_group.1),
-                    PeakWindow::new(config.per_group.1),
-                )
-            }),
+            per_chat: Counted::new(config.per_chat),
+            group: chat.is_group().then(|| Counted::new(config.per_group)),
             violations: 0,
             flooded_until: None,
             next_message_id: 1,
             stats: KeyStats::default(),
         });
-        bot.stats.requests += 1;
-        bot.stats.max_in_window = bot.peak.see(now);
-        state.stats.requests += 1;
-        state.stats.max_in_window = state.peak.see(now);
-        if let Some((_, peak)) = &mut state.group {
-            peak.see(now);
+        bot.overall.arrive(&mut bot.stats, now);
+        state.per_chat.arrive(&mut state.stats, now);
+        if let Some(group) = &mut state.group {
+            group.peak.see(now);
         }
 
         let decision = match state.flooded_until {
@@ -175,9 +153,9 @@ impl Shared {
             }
             _ => {
                 state.flooded_until = None;
-                let mut quotas = vec![&mut state.quota, &mut bot.quota];
-                if let Some((group, _)) = &mut state.group {
-                    quotas.push(group);
+                let mut quotas = vec![&mut state.per_chat.quota, &mut bot.overall.quota];
+                if let Some(group) = &mut state.group {
+                    quotas.push(&mut group.quota);
                 }
                 admit_all(&mut quotas, now).map_err(|wait| {
                     state.violations += 1;
@@ -200,17 +178,15 @@ impl Shared {
         match decision {
             Ok(()) => {
                 state.violations = 0;
-                for stats in [&mut state.stats, &mut bot.stats] {
-                    stats.ok += 1;
-                    stats.messages_served += 1;
-                }
+                state.stats.settle(true, 1);
+                bot.stats.settle(true, 1);
                 let id = state.next_message_id;
                 state.next_message_id += 1;
                 Ok(id)
             }
             Err(wait) => {
-                state.stats.throttled_quota += 1;
-                bot.stats.throttled_quota += 1;
+                state.stats.settle(false, 0);
+                bot.stats.settle(false, 0);
                 Err(retry_after_secs(wait))
             }
         }
