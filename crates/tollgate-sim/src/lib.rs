@@ -40,6 +40,7 @@
 
 pub mod chat;
 pub mod graph;
+mod response;
 mod running;
 mod stats;
 pub mod telegram;

@@ -50,14 +50,12 @@ mod server;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use crate::timing::Timing;
-use axum::Router;
 use server::{Config, Shared, State};
 
 /// The project of requests without an `x-goog-user-project` header.
@@ -247,19 +245,6 @@ impl ChatSim {
 
 impl Simulator for ChatSim {
     type Stats = ChatStats;
-}
-
-impl Serve for ChatSim {
-    const NAME: &'static str = "RunningChatSim";
-    type Shared = Shared;
-
-    fn router(shared: Arc<Shared>) -> Router {
-        server::router(shared)
-    }
-
-    fn stats(shared: &Shared) -> ChatStats {
-        shared.stats()
-    }
 }
 
 /// A [`ChatSim`] serving on loopback (see [`Running`]).

@@ -5,17 +5,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
+use super::{ChatSim, ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
 use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
 use crate::stats::{Limit, TimelineBucket};
 use crate::timing::Timing;
 use crate::window::{Counted, admit_all, retry_after_secs};
@@ -97,32 +98,6 @@ enum Class {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
-    }
-
-    pub(crate) fn stats(&self) -> ChatStats {
-        let state = self.lock();
-        let config = &self.config;
-        ChatStats {
-            per_space: state
-                .spaces
-                .iter()
-                .map(|(name, space)| (name.clone(), space.stats))
-                .collect(),
-            per_project: state
-                .projects
-                .iter()
-                .map(|(name, project)| (name.clone(), project.stats))
-                .collect(),
-            not_found: state.not_found,
-            bad_requests: state.bad_requests,
-            space_reads_limit: config.space_reads,
-            space_writes_limit: config.space_writes,
-            project_reads_limit: config.project_reads,
-            project_writes_limit: config.project_writes,
-            space_creations_limit: config.space_creations,
-            space_creations_long_limit: config.space_creations_long,
-            timeline: state.timeline.clone(),
-        }
     }
 
     fn project<'a>(
@@ -312,15 +287,12 @@ async fn answer(shared: &Shared, result: Result<Value, Answer>) -> Response {
 
 fn respond(result: Result<Value, Answer>) -> Response {
     let answer = result.map_or_else(|e| e, Answer::from);
-    let mut builder = Response::builder()
-        .status(answer.status)
-        .header(CONTENT_TYPE, "application/json; charset=UTF-8");
-    if let Some(secs) = answer.retry_after {
-        builder = builder.header(RETRY_AFTER, secs);
-    }
-    builder
-        .body(Body::from(answer.body.to_string()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    response::json(
+        answer.status,
+        "application/json; charset=UTF-8",
+        answer.retry_after,
+        &answer.body,
+    )
 }
 
 impl From<Value> for Answer {
@@ -333,16 +305,46 @@ impl From<Value> for Answer {
     }
 }
 
-/// The router of the Chat simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/spaces", post(create_space))
-        .route(
-            "/v1/spaces/{space}/messages",
-            get(list_messages).post(create_message),
-        )
-        .fallback(fallback)
-        .with_state(shared)
+impl Serve for ChatSim {
+    const NAME: &'static str = "RunningChatSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/v1/spaces", post(create_space))
+            .route(
+                "/v1/spaces/{space}/messages",
+                get(list_messages).post(create_message),
+            )
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> ChatStats {
+        let state = shared.lock();
+        let config = &shared.config;
+        ChatStats {
+            per_space: state
+                .spaces
+                .iter()
+                .map(|(name, space)| (name.clone(), space.stats))
+                .collect(),
+            per_project: state
+                .projects
+                .iter()
+                .map(|(name, project)| (name.clone(), project.stats))
+                .collect(),
+            not_found: state.not_found,
+            bad_requests: state.bad_requests,
+            space_reads_limit: config.space_reads,
+            space_writes_limit: config.space_writes,
+            project_reads_limit: config.project_reads,
+            project_writes_limit: config.project_writes,
+            space_creations_limit: config.space_creations,
+            space_creations_long_limit: config.space_creations_long,
+            timeline: state.timeline.clone(),
+        }
+    }
 }
 
 async fn fallback(AxumState(shared): AxumState<Arc<Shared>>) -> Response {

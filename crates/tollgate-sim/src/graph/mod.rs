@@ -39,16 +39,14 @@ mod server;
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::SimStats;
 use crate::timing::Timing;
 use crate::window::{KeyState, Limits};
-use axum::Router;
 use server::Shared;
 
 /// The most sub-requests Graph accepts in one `$batch`.
@@ -251,19 +249,6 @@ impl GraphSim {
 
 impl Simulator for GraphSim {
     type Stats = SimStats;
-}
-
-impl Serve for GraphSim {
-    const NAME: &'static str = "RunningSim";
-    type Shared = Shared;
-
-    fn router(shared: Arc<Shared>) -> Router {
-        server::router(shared)
-    }
-
-    fn stats(shared: &Shared) -> SimStats {
-        shared.stats()
-    }
 }
 
 /// A [`GraphSim`] serving on loopback (see [`Running`]).

@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode, Uri};
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
@@ -17,8 +16,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_BATCH_REQUESTS, MAX_PAGE_SIZE, body};
+use super::{DEFAULT_PAGE_SIZE, GraphSim, MAX_BATCH_REQUESTS, MAX_PAGE_SIZE, body};
 use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
 use crate::stats::{KeyStats, SimStats, TimelineBucket};
 use crate::timing::Timing;
 use crate::window::{Decision, KeyState, Limits, retry_after_secs};
@@ -43,9 +44,27 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn stats(&self) -> SimStats {
+    fn request_id(&self) -> String {
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+}
+
+impl Serve for GraphSim {
+    const NAME: &'static str = "RunningSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/v1.0/users/{mailbox}/messages", get(messages))
+            .route("/v1.0/$batch", post(batch))
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> SimStats {
         let mut totals = KeyStats::default();
-        let per_mailbox = self
+        let per_mailbox = shared
             .mailboxes
             .iter()
             .map(|(name, state)| {
@@ -57,29 +76,15 @@ impl Shared {
         SimStats {
             per_mailbox,
             totals,
-            batches: self.batches.load(Ordering::Relaxed),
-            not_found: self.not_found.load(Ordering::Relaxed),
-            bad_requests: self.bad_requests.load(Ordering::Relaxed),
-            limit_in_window: self.limits.quota as u64,
-            window: self.limits.window,
-            concurrency_limit: self.limits.concurrency as u64,
-            timeline: lock(&self.timeline).clone(),
+            batches: shared.batches.load(Ordering::Relaxed),
+            not_found: shared.not_found.load(Ordering::Relaxed),
+            bad_requests: shared.bad_requests.load(Ordering::Relaxed),
+            limit_in_window: shared.limits.quota as u64,
+            window: shared.limits.window,
+            concurrency_limit: shared.limits.concurrency as u64,
+            timeline: lock(&shared.timeline).clone(),
         }
     }
-
-    fn request_id(&self) -> String {
-        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        format!("00000000-0000-4000-8000-{n:012x}")
-    }
-}
-
-/// The router of the Graph simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1.0/users/{mailbox}/messages", get(messages))
-        .route("/v1.0/$batch", post(batch))
-        .fallback(fallback)
-        .with_state(shared)
 }
 
 /// One answer, before it becomes an HTTP response or a `$batch` sub-response.
@@ -99,16 +104,12 @@ impl Outcome {
     }
 
     fn into_response(self) -> Response {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(CONTENT_TYPE, "application/json");
-        if let Some(secs) = self.retry_after {
-            builder = builder.header(RETRY_AFTER, secs);
-        }
-        let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
-        builder
-            .body(Body::from(bytes))
-            .unwrap_or_else(|_| Response::new(Body::empty()))
+        response::json(
+            self.status,
+            "application/json",
+            self.retry_after,
+            &self.body,
+        )
     }
 
     fn into_sub_response(self, id: &str) -> Value {

@@ -42,14 +42,12 @@ mod server;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::running::sealed::Serve;
 use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use crate::timing::Timing;
-use axum::Router;
 use server::{Config, Shared, State};
 
 /// A syntactically valid bot token for tests and demos; the simulator accepts any
@@ -210,19 +208,6 @@ impl TelegramSim {
 
 impl Simulator for TelegramSim {
     type Stats = TelegramStats;
-}
-
-impl Serve for TelegramSim {
-    const NAME: &'static str = "RunningTelegramSim";
-    type Shared = Shared;
-
-    fn router(shared: Arc<Shared>) -> Router {
-        server::router(shared)
-    }
-
-    fn stats(shared: &Shared) -> TelegramStats {
-        shared.stats()
-    }
 }
 
 /// A [`TelegramSim`] serving on loopback (see [`Running`]).

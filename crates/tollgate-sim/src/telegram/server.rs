@@ -6,18 +6,20 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::response::Response;
 use axum::routing::post;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{TelegramStats, body};
+use super::{TelegramSim, TelegramStats, body};
 use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
 use crate::stats::{KeyStats, Limit, TimelineBucket};
 use crate::timing::Timing;
 use crate::window::{Counted, admit_all, retry_after_secs};
@@ -74,44 +76,6 @@ struct BotState {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
-    }
-
-    pub(crate) fn stats(&self) -> TelegramStats {
-        let state = self.lock();
-        let mut per_chat = BTreeMap::<String, KeyStats>::new();
-        for ((_, id), chat) in &state.chats {
-            per_chat
-                .entry(id.clone())
-                .or_default()
-                .accumulate(&chat.stats);
-        }
-        let mut overall = KeyStats::default();
-        let per_bot = state
-            .bots
-            .iter()
-            .map(|(token, bot)| {
-                overall.accumulate(&bot.stats);
-                (token.clone(), bot.stats)
-            })
-            .collect();
-        TelegramStats {
-            per_chat,
-            per_bot,
-            overall,
-            group_max_in_window: state
-                .chats
-                .values()
-                .filter_map(|c| c.group.as_ref().map(|group| group.peak.max()))
-                .max()
-                .unwrap_or(0),
-            flood_waits: state.flood_waits,
-            bad_requests: state.bad_requests,
-            not_found: state.not_found,
-            per_chat_limit: self.config.per_chat,
-            per_group_limit: self.config.per_group,
-            overall_limit: self.config.overall,
-            timeline: state.timeline.clone(),
-        }
     }
 
     /// Decides on one message to `chat` from bot `token` arriving now: `Ok(message_id)`
@@ -193,24 +157,58 @@ impl Shared {
     }
 }
 
-/// The router of the Telegram simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/{bot}/sendMessage", post(send_message))
-        .fallback(fallback)
-        .with_state(shared)
+impl Serve for TelegramSim {
+    const NAME: &'static str = "RunningTelegramSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/{bot}/sendMessage", post(send_message))
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> TelegramStats {
+        let state = shared.lock();
+        let mut per_chat = BTreeMap::<String, KeyStats>::new();
+        for ((_, id), chat) in &state.chats {
+            per_chat
+                .entry(id.clone())
+                .or_default()
+                .accumulate(&chat.stats);
+        }
+        let mut overall = KeyStats::default();
+        let per_bot = state
+            .bots
+            .iter()
+            .map(|(token, bot)| {
+                overall.accumulate(&bot.stats);
+                (token.clone(), bot.stats)
+            })
+            .collect();
+        TelegramStats {
+            per_chat,
+            per_bot,
+            overall,
+            group_max_in_window: state
+                .chats
+                .values()
+                .filter_map(|c| c.group.as_ref().map(|group| group.peak.max()))
+                .max()
+                .unwrap_or(0),
+            flood_waits: state.flood_waits,
+            bad_requests: state.bad_requests,
+            not_found: state.not_found,
+            per_chat_limit: shared.config.per_chat,
+            per_group_limit: shared.config.per_group,
+            overall_limit: shared.config.overall,
+            timeline: state.timeline.clone(),
+        }
+    }
 }
 
 fn respond(status: StatusCode, retry_after: Option<u64>, body: &Value) -> Response {
-    let mut builder = Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json");
-    if let Some(secs) = retry_after {
-        builder = builder.header(RETRY_AFTER, secs);
-    }
-    builder
-        .body(Body::from(body.to_string()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    response::json(status, "application/json", retry_after, body)
 }
 
 fn not_found(shared: &Shared) -> Response {
