@@ -1,65 +1,29 @@
 //! The Telegram simulator over loopback, driven by a plain `hyper_util` client (no
 //! tollgate): what it answers and what it records.
 
+mod support;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::{Answer, HttpClient, admitted_and_throttled, client, send_json};
 use tollgate_sim::TelegramSim;
 use tollgate_sim::telegram::TEST_TOKEN;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
 async fn post(client: &HttpClient, url: &str, content_type: &str, body: String) -> Answer {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body read")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    let headers = [("content-type", content_type)];
+    support::send(client, Method::POST, url, &headers, body.into()).await
 }
 
 /// `sendMessage` with a JSON body.
 async fn send(client: &HttpClient, url: &str, chat_id: Value, text: &str) -> Answer {
-    let body = json!({ "chat_id": chat_id, "text": text }).to_string();
-    post(client, url, "application/json", body).await
+    let body = json!({ "chat_id": chat_id, "text": text });
+    send_json(client, Method::POST, url, &[], Some(body)).await
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+fn retry_after(answer: &Answer) -> Option<u64> {
+    answer.header("retry-after").and_then(|v| v.parse().ok())
 }
 
 /// Asserts the exact `429` of the Bot API with `retry_after` `n`, header and body.
@@ -70,7 +34,7 @@ fn assert_too_many_requests(answer: &Answer, n: u64) {
         "{}",
         answer.body
     );
-    assert_eq!(retry_after(&answer.headers), Some(n));
+    assert_eq!(retry_after(answer), Some(n));
     assert_eq!(
         answer.body,
         json!({"ok":false,"error_code":429,"description":format!("Too Many Requests: retry after {n}"),"parameters":{"retry_after":n}})
@@ -95,10 +59,7 @@ async fn per_chat_limit_gives_the_bot_api_429_and_retry_after_is_never_early() {
     let throttled = send(&client, &url, json!(42), "two").await;
     // 1.5 s remain, rounded up.
     assert_too_many_requests(&throttled, 2);
-    assert_eq!(
-        throttled.headers.get("content-type").map(|v| v.as_bytes()),
-        Some(&b"application/json"[..])
-    );
+    assert_eq!(throttled.header("content-type"), Some("application/json"));
     // Another chat is not affected.
     assert_eq!(
         send(&client, &url, json!(43), "x").await.status,
@@ -122,9 +83,7 @@ async fn per_chat_limit_gives_the_bot_api_429_and_retry_after_is_never_early() {
     assert_eq!(stats.overall.requests, 5);
     assert_eq!(stats.overall.throttled(), 2);
     assert_eq!(stats.flood_waits, 0);
-    let throttled: u64 = stats.timeline.iter().map(|b| b.throttled).sum();
-    let admitted: u64 = stats.timeline.iter().map(|b| b.admitted).sum();
-    assert_eq!((admitted, throttled), (3, 2));
+    assert_eq!(admitted_and_throttled(&stats.timeline), (3, 2));
     assert_eq!(stats.per_chat_limit.window, Duration::from_millis(1500));
 }
 
@@ -160,7 +119,7 @@ async fn group_chats_have_their_own_limit_on_top_of_the_per_chat_one() {
         json!({"id":"@news","type":"channel"})
     );
 
-    tokio::time::sleep(secs(retry_after(&answer.headers).expect("retry-after"))).await;
+    tokio::time::sleep(secs(retry_after(&answer).expect("retry-after"))).await;
     let ok = send(&client, &url, json!(-1001), "late").await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(
