@@ -82,7 +82,7 @@ async fn space_writes_give_resource_exhausted_and_retry_delay_is_exact() {
     let url = sim.messages_url("space-0");
     for i in 0..3 {
         let ok = write(&client, &url, &format!("m{i}")).await;
-        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        ok.assert_ok();
     }
     tokio::time::sleep(ms(300)).await;
     let throttled = write(&client, &url, "late").await;
@@ -91,17 +91,14 @@ async fn space_writes_give_resource_exhausted_and_retry_delay_is_exact() {
     assert!(delay > ms(400) && delay <= ms(700), "{delay:?}");
     assert_eq!(throttled.header("retry-after"), None);
     // Another space, and reads of this one, are not affected.
-    assert_eq!(
-        write(&client, &sim.messages_url("space-1"), "x")
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(read(&client, &url).await.status, StatusCode::OK);
+    write(&client, &sim.messages_url("space-1"), "x")
+        .await
+        .assert_ok();
+    read(&client, &url).await.assert_ok();
     // Retrying exactly after retryDelay is admitted.
     tokio::time::sleep(delay).await;
     let ok = write(&client, &url, "on time").await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    ok.assert_ok();
     assert_eq!(
         ok.body,
         json!({"name":"spaces/space-0/messages/4","text":"on time","space":{"name":"spaces/space-0"}})
@@ -149,10 +146,10 @@ async fn space_reads_are_limited_apart_and_list_what_was_written() {
     assert!(delay <= ms(800), "{delay:?}");
     // With retry_after(true): whole seconds, rounded up.
     assert_eq!(throttled.header("retry-after"), Some("1"));
-    assert_eq!(write(&client, &url, "still").await.status, StatusCode::OK);
+    write(&client, &url, "still").await.assert_ok();
     tokio::time::sleep(delay).await;
     let page = read(&client, &format!("{url}?pageSize=1")).await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.assert_ok();
     assert_eq!(page.body["messages"].as_array().map(Vec::len), Some(1));
 
     let stats = sim.shutdown().await;
@@ -181,7 +178,7 @@ async fn project_quotas_span_spaces_and_projects_are_apart() {
     let client = client();
     for space in ["space-0", "space-1", "space-2", "space-0"] {
         let ok = write(&client, &sim.messages_url(space), "x").await;
-        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        ok.assert_ok();
     }
     let url = sim.messages_url("space-2");
     let delay = assert_resource_exhausted(&write(&client, &url, "x").await);
@@ -194,9 +191,9 @@ async fn project_quotas_span_spaces_and_projects_are_apart() {
         Some(json!({"text":"x"})),
     )
     .await;
-    assert_eq!(other.status, StatusCode::OK);
+    other.assert_ok();
     tokio::time::sleep(delay).await;
-    assert_eq!(write(&client, &url, "x").await.status, StatusCode::OK);
+    write(&client, &url, "x").await.assert_ok();
 
     let stats = sim.shutdown().await;
     let main = stats.per_project[DEFAULT_PROJECT].message_writes;
@@ -223,12 +220,12 @@ async fn space_creation_is_under_two_windows_at_once() {
         first.body,
         json!({"name":"spaces/created-1","spaceType":"SPACE","displayName":"Team"})
     );
-    assert_eq!(create(&client, &url).await.status, StatusCode::OK);
+    create(&client, &url).await.assert_ok();
     // The short window is full for about 0.5 s.
     let short = assert_resource_exhausted(&create(&client, &url).await);
     assert!(short <= ms(500), "{short:?}");
     tokio::time::sleep(short).await;
-    assert_eq!(create(&client, &url).await.status, StatusCode::OK);
+    create(&client, &url).await.assert_ok();
     // 0.5 s later the short window has room, but the long one is full until the
     // first creation leaves it, 2 s after it came.
     tokio::time::sleep(ms(500)).await;
@@ -242,7 +239,7 @@ async fn space_creation_is_under_two_windows_at_once() {
     assert_eq!(ok.body["name"], "spaces/created-4");
     // A created space takes messages.
     let message = write(&client, &sim.messages_url("created-4"), "hi").await;
-    assert_eq!(message.status, StatusCode::OK);
+    message.assert_ok();
 
     let stats = sim.shutdown().await;
     let project = stats.per_project[DEFAULT_PROJECT];
@@ -296,7 +293,7 @@ async fn admitted_requests_are_held_for_the_latency_and_refusals_are_not() {
     let client = client();
     let url = sim.messages_url("space-0");
     let start = tokio::time::Instant::now();
-    assert_eq!(write(&client, &url, "x").await.status, StatusCode::OK);
+    write(&client, &url, "x").await.assert_ok();
     assert!(start.elapsed() >= ms(300), "{:?}", start.elapsed());
     let start = tokio::time::Instant::now();
     assert_resource_exhausted(&write(&client, &url, "x").await);

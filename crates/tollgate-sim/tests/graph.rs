@@ -59,7 +59,7 @@ async fn paging_returns_every_message_exactly_once() {
         let mut pages = 0;
         loop {
             let answer = get(&client, &url).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            answer.assert_ok();
             pages += 1;
             for message in answer.body["value"].as_array().expect("value array") {
                 let id = message["id"].as_str().expect("id").to_owned();
@@ -94,7 +94,7 @@ async fn exceeding_the_quota_gives_429_with_retry_after_and_the_graph_body() {
     let client = client();
     let url = sim.messages_url("mailbox-0");
     for _ in 0..3 {
-        assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+        get(&client, &url).await.assert_ok();
     }
     let throttled = get(&client, &url).await;
     assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
@@ -102,13 +102,12 @@ async fn exceeding_the_quota_gives_429_with_retry_after_and_the_graph_body() {
     assert_eq!(throttled.header("content-type"), Some("application/json"));
     assert_too_many_requests_body(&throttled.body);
     // Another mailbox is not affected.
-    assert_eq!(
-        get(&client, &sim.messages_url("mailbox-1")).await.status,
-        StatusCode::OK
-    );
+    get(&client, &sim.messages_url("mailbox-1"))
+        .await
+        .assert_ok();
     // Honouring Retry-After works.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+    get(&client, &url).await.assert_ok();
     let stats = sim.shutdown().await;
     let m0 = stats.per_mailbox["mailbox-0"];
     assert_eq!((m0.requests, m0.ok, m0.throttled_quota), (5, 4, 1));
@@ -170,7 +169,7 @@ async fn exceeding_concurrency_gives_the_application_throttled_body() {
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             throttled.push(answer);
         } else {
-            assert_eq!(answer.status, StatusCode::OK);
+            answer.assert_ok();
         }
     }
     assert_eq!(throttled.len(), 1);
@@ -203,7 +202,7 @@ async fn batch_counts_each_sub_request_and_throttles_inside_a_200() {
         Some(batch_of("mailbox-0", 8)),
     )
     .await;
-    assert_eq!(batch.status, StatusCode::OK);
+    batch.assert_ok();
     let responses = batch.body["responses"].as_array().expect("responses");
     assert_eq!(responses.len(), 8);
     let ids: Vec<&str> = responses.iter().filter_map(|r| r["id"].as_str()).collect();
@@ -308,7 +307,7 @@ async fn retry_after_can_be_omitted() {
         .expect("sim starts");
     let client = client();
     let url = sim.messages_url("mailbox-0");
-    assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+    get(&client, &url).await.assert_ok();
     let throttled = get(&client, &url).await;
     assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(throttled.header("retry-after"), None);

@@ -28,6 +28,12 @@ impl Answer {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Asserts that the answer is a `200`, showing its body if not.
+    #[track_caller]
+    pub(crate) fn assert_ok(&self) {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.body);
+    }
 }
 
 /// Sends `body` with `headers` and reads the whole answer.
