@@ -15,6 +15,10 @@
 //!   reads and writes, space creation under two windows at once, `RESOURCE_EXHAUSTED`
 //!   with `RetryInfo` (see [`chat`]).
 //!
+//! Each builder's `start` returns a [`Running`] handle (aliased [`RunningSim`],
+//! [`RunningTelegramSim`], [`RunningChatSim`]): the address, the simulator's URLs,
+//! statistics so far and a graceful shutdown that returns the final ones.
+//!
 //! Windows are configurable durations, so a test or demo can run a 10-minute quota
 //! shrunk to a second.
 //!
