@@ -15,6 +15,10 @@
 //!   reads and writes, space creation under two windows at once, `RESOURCE_EXHAUSTED`
 //!   with `RetryInfo` (see [`chat`]).
 //!
+//! Each builder's `start` returns a [`Running`] handle (aliased [`RunningSim`],
+//! [`RunningTelegramSim`], [`RunningChatSim`]): the address, the simulator's URLs,
+//! statistics so far and a graceful shutdown that returns the final ones.
+//!
 //! Windows are configurable durations, so a test or demo can run a 10-minute quota
 //! shrunk to a second.
 //!
@@ -40,12 +44,23 @@
 
 pub mod chat;
 pub mod graph;
-mod serve;
+mod response;
+mod running;
 mod stats;
 pub mod telegram;
+mod timing;
 mod window;
 
 pub use chat::{ChatSim, ChatStats, ProjectStats, RunningChatSim, SpaceStats};
 pub use graph::{GraphSim, RunningSim};
+pub use running::{Running, Simulator};
 pub use stats::{KeyStats, Limit, SimStats, TimelineBucket};
 pub use telegram::{RunningTelegramSim, TelegramSim, TelegramStats};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex`, also after a handler panicked while holding it: what it counted is
+/// still worth reporting.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

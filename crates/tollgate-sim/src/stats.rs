@@ -44,6 +44,17 @@ impl KeyStats {
         self.throttled_quota + self.throttled_concurrency
     }
 
+    /// Counts the answer to one arrival: admitted with `messages` served, or refused
+    /// by a quota.
+    pub(crate) fn settle(&mut self, admitted: bool, messages: u64) {
+        if admitted {
+            self.ok += 1;
+            self.messages_served += messages;
+        } else {
+            self.throttled_quota += 1;
+        }
+    }
+
     /// Adds counters, takes maxima of the peaks.
     pub(crate) fn accumulate(&mut self, other: &Self) {
         self.requests += other.requests;
@@ -98,6 +109,17 @@ impl Limit {
             limit: limit as u64,
             window,
         }
+    }
+
+    /// A limit set through a builder.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` or `window` is zero.
+    pub(crate) fn checked(limit: u32, window: Duration) -> Self {
+        assert!(limit > 0, "a limit must be at least 1");
+        assert!(!window.is_zero(), "a window must not be zero");
+        Self::new(limit as usize, window)
     }
 }
 

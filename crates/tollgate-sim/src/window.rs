@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::stats::KeyStats;
+use crate::stats::{KeyStats, Limit};
 
 /// Arrival instants within the last `window`, oldest first.
 ///
@@ -222,6 +222,33 @@ impl PeakWindow {
     /// The most arrivals seen in any window so far.
     pub(crate) fn max(&self) -> u64 {
         self.max
+    }
+}
+
+/// A quota and the peak statistic of its window: one limit a simulator enforces on
+/// one key.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    pub(crate) quota: Quota,
+    pub(crate) peak: PeakWindow,
+}
+
+impl Counted {
+    pub(crate) fn new(limit: Limit) -> Self {
+        Self {
+            quota: Quota::new(
+                usize::try_from(limit.limit).unwrap_or(usize::MAX),
+                limit.window,
+            ),
+            peak: PeakWindow::new(limit.window),
+        }
+    }
+
+    /// Counts one arrival at `now` in `stats`: a request, and the most seen in a
+    /// window so far.
+    pub(crate) fn arrive(&mut self, stats: &mut KeyStats, now: Instant) {
+        stats.requests += 1;
+        stats.max_in_window = self.peak.see(now);
     }
 }
 

@@ -1,29 +1,15 @@
 //! The Chat simulator over loopback, driven by a plain `hyper_util` client (no
 //! tollgate): what it answers and what it records.
 
+mod support;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::{Answer, HttpClient, admitted_and_throttled, client, send_json};
 use tollgate_sim::ChatSim;
 use tollgate_sim::chat::DEFAULT_PROJECT;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
 
 async fn send(
     client: &HttpClient,
@@ -32,30 +18,8 @@ async fn send(
     project: Option<&str>,
     body: Option<Value>,
 ) -> Answer {
-    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let mut request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json");
-    if let Some(project) = project {
-        request = request.header("x-goog-user-project", project);
-    }
-    let request = request.body(Full::new(bytes)).expect("valid request");
-    let response = client.request(request).await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body read")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    let project = project.map(|p| ("x-goog-user-project", p));
+    send_json(client, method, url, project.as_slice(), body).await
 }
 
 async fn write(client: &HttpClient, url: &str, text: &str) -> Answer {
@@ -118,26 +82,23 @@ async fn space_writes_give_resource_exhausted_and_retry_delay_is_exact() {
     let url = sim.messages_url("space-0");
     for i in 0..3 {
         let ok = write(&client, &url, &format!("m{i}")).await;
-        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        ok.assert_ok();
     }
     tokio::time::sleep(ms(300)).await;
     let throttled = write(&client, &url, "late").await;
     let delay = assert_resource_exhausted(&throttled);
     // About 0.7 s: the first write leaves the window 1 s after it came.
     assert!(delay > ms(400) && delay <= ms(700), "{delay:?}");
-    assert!(throttled.headers.get("retry-after").is_none());
+    assert_eq!(throttled.header("retry-after"), None);
     // Another space, and reads of this one, are not affected.
-    assert_eq!(
-        write(&client, &sim.messages_url("space-1"), "x")
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(read(&client, &url).await.status, StatusCode::OK);
+    write(&client, &sim.messages_url("space-1"), "x")
+        .await
+        .assert_ok();
+    read(&client, &url).await.assert_ok();
     // Retrying exactly after retryDelay is admitted.
     tokio::time::sleep(delay).await;
     let ok = write(&client, &url, "on time").await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    ok.assert_ok();
     assert_eq!(
         ok.body,
         json!({"name":"spaces/space-0/messages/4","text":"on time","space":{"name":"spaces/space-0"}})
@@ -162,8 +123,7 @@ async fn space_writes_give_resource_exhausted_and_retry_delay_is_exact() {
         (6, 5)
     );
     assert_eq!(project.message_writes.throttled_quota, 1);
-    let throttled: u64 = stats.timeline.iter().map(|b| b.throttled).sum();
-    assert_eq!(throttled, 1);
+    assert_eq!(admitted_and_throttled(&stats.timeline).1, 1);
 }
 
 #[tokio::test]
@@ -185,14 +145,11 @@ async fn space_reads_are_limited_apart_and_list_what_was_written() {
     let delay = assert_resource_exhausted(&throttled);
     assert!(delay <= ms(800), "{delay:?}");
     // With retry_after(true): whole seconds, rounded up.
-    assert_eq!(
-        throttled.headers.get("retry-after").map(|v| v.as_bytes()),
-        Some(&b"1"[..])
-    );
-    assert_eq!(write(&client, &url, "still").await.status, StatusCode::OK);
+    assert_eq!(throttled.header("retry-after"), Some("1"));
+    write(&client, &url, "still").await.assert_ok();
     tokio::time::sleep(delay).await;
     let page = read(&client, &format!("{url}?pageSize=1")).await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.assert_ok();
     assert_eq!(page.body["messages"].as_array().map(Vec::len), Some(1));
 
     let stats = sim.shutdown().await;
@@ -221,7 +178,7 @@ async fn project_quotas_span_spaces_and_projects_are_apart() {
     let client = client();
     for space in ["space-0", "space-1", "space-2", "space-0"] {
         let ok = write(&client, &sim.messages_url(space), "x").await;
-        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        ok.assert_ok();
     }
     let url = sim.messages_url("space-2");
     let delay = assert_resource_exhausted(&write(&client, &url, "x").await);
@@ -234,9 +191,9 @@ async fn project_quotas_span_spaces_and_projects_are_apart() {
         Some(json!({"text":"x"})),
     )
     .await;
-    assert_eq!(other.status, StatusCode::OK);
+    other.assert_ok();
     tokio::time::sleep(delay).await;
-    assert_eq!(write(&client, &url, "x").await.status, StatusCode::OK);
+    write(&client, &url, "x").await.assert_ok();
 
     let stats = sim.shutdown().await;
     let main = stats.per_project[DEFAULT_PROJECT].message_writes;
@@ -263,12 +220,12 @@ async fn space_creation_is_under_two_windows_at_once() {
         first.body,
         json!({"name":"spaces/created-1","spaceType":"SPACE","displayName":"Team"})
     );
-    assert_eq!(create(&client, &url).await.status, StatusCode::OK);
+    create(&client, &url).await.assert_ok();
     // The short window is full for about 0.5 s.
     let short = assert_resource_exhausted(&create(&client, &url).await);
     assert!(short <= ms(500), "{short:?}");
     tokio::time::sleep(short).await;
-    assert_eq!(create(&client, &url).await.status, StatusCode::OK);
+    create(&client, &url).await.assert_ok();
     // 0.5 s later the short window has room, but the long one is full until the
     // first creation leaves it, 2 s after it came.
     tokio::time::sleep(ms(500)).await;
@@ -282,7 +239,7 @@ async fn space_creation_is_under_two_windows_at_once() {
     assert_eq!(ok.body["name"], "spaces/created-4");
     // A created space takes messages.
     let message = write(&client, &sim.messages_url("created-4"), "hi").await;
-    assert_eq!(message.status, StatusCode::OK);
+    message.assert_ok();
 
     let stats = sim.shutdown().await;
     let project = stats.per_project[DEFAULT_PROJECT];
@@ -336,7 +293,7 @@ async fn admitted_requests_are_held_for_the_latency_and_refusals_are_not() {
     let client = client();
     let url = sim.messages_url("space-0");
     let start = tokio::time::Instant::now();
-    assert_eq!(write(&client, &url, "x").await.status, StatusCode::OK);
+    write(&client, &url, "x").await.assert_ok();
     assert!(start.elapsed() >= ms(300), "{:?}", start.elapsed());
     let start = tokio::time::Instant::now();
     assert_resource_exhausted(&write(&client, &url, "x").await);

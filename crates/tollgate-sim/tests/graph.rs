@@ -1,61 +1,22 @@
 //! The Graph simulator over loopback, driven by a plain `hyper_util` client (no
 //! tollgate): what it answers and what it records.
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::{Answer, HttpClient, admitted_and_throttled, client, send_json};
 use tollgate_sim::GraphSim;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
 async fn send(client: &HttpClient, method: Method, url: &str, body: Option<Value>) -> Answer {
-    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes))
-        .expect("valid request");
-    let response = client.request(request).await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body read")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    send_json(client, method, url, &[], body).await
 }
 
 async fn get(client: &HttpClient, url: &str) -> Answer {
     send(client, Method::GET, url, None).await
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<&str> {
-    headers.get("retry-after").and_then(|v| v.to_str().ok())
 }
 
 fn assert_too_many_requests_body(body: &Value) {
@@ -98,7 +59,7 @@ async fn paging_returns_every_message_exactly_once() {
         let mut pages = 0;
         loop {
             let answer = get(&client, &url).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            answer.assert_ok();
             pages += 1;
             for message in answer.body["value"].as_array().expect("value array") {
                 let id = message["id"].as_str().expect("id").to_owned();
@@ -133,32 +94,26 @@ async fn exceeding_the_quota_gives_429_with_retry_after_and_the_graph_body() {
     let client = client();
     let url = sim.messages_url("mailbox-0");
     for _ in 0..3 {
-        assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+        get(&client, &url).await.assert_ok();
     }
     let throttled = get(&client, &url).await;
     assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(retry_after(&throttled.headers), Some("1"));
-    assert_eq!(
-        throttled.headers.get("content-type").map(|v| v.as_bytes()),
-        Some(&b"application/json"[..])
-    );
+    assert_eq!(throttled.header("retry-after"), Some("1"));
+    assert_eq!(throttled.header("content-type"), Some("application/json"));
     assert_too_many_requests_body(&throttled.body);
     // Another mailbox is not affected.
-    assert_eq!(
-        get(&client, &sim.messages_url("mailbox-1")).await.status,
-        StatusCode::OK
-    );
+    get(&client, &sim.messages_url("mailbox-1"))
+        .await
+        .assert_ok();
     // Honouring Retry-After works.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+    get(&client, &url).await.assert_ok();
     let stats = sim.shutdown().await;
     let m0 = stats.per_mailbox["mailbox-0"];
     assert_eq!((m0.requests, m0.ok, m0.throttled_quota), (5, 4, 1));
     assert_eq!(m0.throttled_concurrency, 0);
     assert_eq!(m0.max_in_window, 4);
-    let throttled: u64 = stats.timeline.iter().map(|b| b.throttled).sum();
-    let admitted: u64 = stats.timeline.iter().map(|b| b.admitted).sum();
-    assert_eq!((admitted, throttled), (5, 1));
+    assert_eq!(admitted_and_throttled(&stats.timeline), (5, 1));
 }
 
 #[tokio::test]
@@ -214,7 +169,7 @@ async fn exceeding_concurrency_gives_the_application_throttled_body() {
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             throttled.push(answer);
         } else {
-            assert_eq!(answer.status, StatusCode::OK);
+            answer.assert_ok();
         }
     }
     assert_eq!(throttled.len(), 1);
@@ -247,7 +202,7 @@ async fn batch_counts_each_sub_request_and_throttles_inside_a_200() {
         Some(batch_of("mailbox-0", 8)),
     )
     .await;
-    assert_eq!(batch.status, StatusCode::OK);
+    batch.assert_ok();
     let responses = batch.body["responses"].as_array().expect("responses");
     assert_eq!(responses.len(), 8);
     let ids: Vec<&str> = responses.iter().filter_map(|r| r["id"].as_str()).collect();
@@ -352,10 +307,10 @@ async fn retry_after_can_be_omitted() {
         .expect("sim starts");
     let client = client();
     let url = sim.messages_url("mailbox-0");
-    assert_eq!(get(&client, &url).await.status, StatusCode::OK);
+    get(&client, &url).await.assert_ok();
     let throttled = get(&client, &url).await;
     assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(retry_after(&throttled.headers), None);
+    assert_eq!(throttled.header("retry-after"), None);
     assert_too_many_requests_body(&throttled.body);
     let batch = send(
         &client,

@@ -1,65 +1,36 @@
 //! The Telegram simulator over loopback, driven by a plain `hyper_util` client (no
 //! tollgate): what it answers and what it records.
 
+mod support;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate_sim::TelegramSim;
+use support::{Answer, HttpClient, admitted_and_throttled, client, send_json};
 use tollgate_sim::telegram::TEST_TOKEN;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
+use tollgate_sim::{RunningTelegramSim, TelegramSim};
 
 async fn post(client: &HttpClient, url: &str, content_type: &str, body: String) -> Answer {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body read")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    let headers = [("content-type", content_type)];
+    support::send(client, Method::POST, url, &headers, body.into()).await
 }
 
 /// `sendMessage` with a JSON body.
 async fn send(client: &HttpClient, url: &str, chat_id: Value, text: &str) -> Answer {
-    let body = json!({ "chat_id": chat_id, "text": text }).to_string();
-    post(client, url, "application/json", body).await
+    let body = json!({ "chat_id": chat_id, "text": text });
+    send_json(client, Method::POST, url, &[], Some(body)).await
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+/// Starts `sim`; a client and the `sendMessage` URL of [`TEST_TOKEN`].
+async fn start(sim: TelegramSim) -> (RunningTelegramSim, HttpClient, String) {
+    let sim = sim.start().await.expect("sim starts");
+    let url = sim.send_message_url(TEST_TOKEN);
+    (sim, client(), url)
+}
+
+fn retry_after(answer: &Answer) -> Option<u64> {
+    answer.header("retry-after").and_then(|v| v.parse().ok())
 }
 
 /// Asserts the exact `429` of the Bot API with `retry_after` `n`, header and body.
@@ -70,7 +41,7 @@ fn assert_too_many_requests(answer: &Answer, n: u64) {
         "{}",
         answer.body
     );
-    assert_eq!(retry_after(&answer.headers), Some(n));
+    assert_eq!(retry_after(answer), Some(n));
     assert_eq!(
         answer.body,
         json!({"ok":false,"error_code":429,"description":format!("Too Many Requests: retry after {n}"),"parameters":{"retry_after":n}})
@@ -83,34 +54,23 @@ fn secs(n: u64) -> Duration {
 
 #[tokio::test]
 async fn per_chat_limit_gives_the_bot_api_429_and_retry_after_is_never_early() {
-    let sim = TelegramSim::new()
-        .per_chat(1, Duration::from_millis(1500))
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
+    let (sim, client, url) =
+        start(TelegramSim::new().per_chat(1, Duration::from_millis(1500))).await;
     let ok = send(&client, &url, json!(42), "one").await;
-    assert_eq!(ok.status, StatusCode::OK);
+    ok.assert_ok();
     let throttled = send(&client, &url, json!(42), "two").await;
     // 1.5 s remain, rounded up.
     assert_too_many_requests(&throttled, 2);
-    assert_eq!(
-        throttled.headers.get("content-type").map(|v| v.as_bytes()),
-        Some(&b"application/json"[..])
-    );
+    assert_eq!(throttled.header("content-type"), Some("application/json"));
     // Another chat is not affected.
-    assert_eq!(
-        send(&client, &url, json!(43), "x").await.status,
-        StatusCode::OK
-    );
+    send(&client, &url, json!(43), "x").await.assert_ok();
     // One second later 0.5 s remain: still refused, and told 1 (rounded up).
     tokio::time::sleep(secs(1)).await;
     assert_too_many_requests(&send(&client, &url, json!(42), "three").await, 1);
     // Honouring that is exactly enough.
     tokio::time::sleep(secs(1)).await;
     let ok = send(&client, &url, json!(42), "four").await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    ok.assert_ok();
     assert_eq!(ok.body["result"]["message_id"], 2);
 
     let stats = sim.shutdown().await;
@@ -122,22 +82,18 @@ async fn per_chat_limit_gives_the_bot_api_429_and_retry_after_is_never_early() {
     assert_eq!(stats.overall.requests, 5);
     assert_eq!(stats.overall.throttled(), 2);
     assert_eq!(stats.flood_waits, 0);
-    let throttled: u64 = stats.timeline.iter().map(|b| b.throttled).sum();
-    let admitted: u64 = stats.timeline.iter().map(|b| b.admitted).sum();
-    assert_eq!((admitted, throttled), (3, 2));
+    assert_eq!(admitted_and_throttled(&stats.timeline), (3, 2));
     assert_eq!(stats.per_chat_limit.window, Duration::from_millis(1500));
 }
 
 #[tokio::test]
 async fn group_chats_have_their_own_limit_on_top_of_the_per_chat_one() {
-    let sim = TelegramSim::new()
-        .per_chat(1, Duration::from_millis(100))
-        .per_group(3, Duration::from_millis(1800))
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
+    let (sim, client, url) = start(
+        TelegramSim::new()
+            .per_chat(1, Duration::from_millis(100))
+            .per_group(3, Duration::from_millis(1800)),
+    )
+    .await;
     for chat in [json!(-1001), json!(7)] {
         for i in 0..4 {
             let answer = send(&client, &url, chat.clone(), "hi").await;
@@ -160,9 +116,9 @@ async fn group_chats_have_their_own_limit_on_top_of_the_per_chat_one() {
         json!({"id":"@news","type":"channel"})
     );
 
-    tokio::time::sleep(secs(retry_after(&answer.headers).expect("retry-after"))).await;
+    tokio::time::sleep(secs(retry_after(&answer).expect("retry-after"))).await;
     let ok = send(&client, &url, json!(-1001), "late").await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    ok.assert_ok();
     assert_eq!(
         ok.body["result"]["chat"],
         json!({"id":-1001,"type":"supergroup"})
@@ -178,33 +134,18 @@ async fn group_chats_have_their_own_limit_on_top_of_the_per_chat_one() {
 
 #[tokio::test]
 async fn the_overall_limit_is_per_bot_token() {
-    let sim = TelegramSim::new()
-        .overall(3, secs(1))
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
+    let (sim, client, url) = start(TelegramSim::new().overall(3, secs(1))).await;
     for chat in 1..=3 {
-        assert_eq!(
-            send(&client, &url, json!(chat), "x").await.status,
-            StatusCode::OK
-        );
+        send(&client, &url, json!(chat), "x").await.assert_ok();
     }
     assert_too_many_requests(&send(&client, &url, json!(4), "x").await, 1);
     // Another bot has its own overall and per-chat limits.
     let other = sim.send_message_url("987654:other");
     for chat in [4, 1] {
-        assert_eq!(
-            send(&client, &other, json!(chat), "x").await.status,
-            StatusCode::OK
-        );
+        send(&client, &other, json!(chat), "x").await.assert_ok();
     }
     tokio::time::sleep(secs(1)).await;
-    assert_eq!(
-        send(&client, &url, json!(5), "x").await.status,
-        StatusCode::OK
-    );
+    send(&client, &url, json!(5), "x").await.assert_ok();
     let stats = sim.shutdown().await;
     assert_eq!(stats.overall.requests, 7);
     assert_eq!(stats.overall.ok, 6);
@@ -222,28 +163,20 @@ async fn the_overall_limit_is_per_bot_token() {
 
 #[tokio::test]
 async fn consecutive_violations_put_a_chat_under_a_long_flood_wait() {
-    let sim = TelegramSim::new()
-        .per_chat(1, secs(10))
-        .flood_wait(secs(4310))
-        .flood_after(2)
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
-    assert_eq!(
-        send(&client, &url, json!(1), "x").await.status,
-        StatusCode::OK
-    );
+    let (sim, client, url) = start(
+        TelegramSim::new()
+            .per_chat(1, secs(10))
+            .flood_wait(secs(4310))
+            .flood_after(2),
+    )
+    .await;
+    send(&client, &url, json!(1), "x").await.assert_ok();
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 10);
     // The second in a row starts the flood wait, and every request is told the rest.
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 4310);
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 4310);
     // Other chats are not affected.
-    assert_eq!(
-        send(&client, &url, json!(2), "x").await.status,
-        StatusCode::OK
-    );
+    send(&client, &url, json!(2), "x").await.assert_ok();
     let stats = sim.shutdown().await;
     assert_eq!(stats.flood_waits, 2);
     assert_eq!(stats.per_chat["1"].throttled_quota, 3);
@@ -251,28 +184,20 @@ async fn consecutive_violations_put_a_chat_under_a_long_flood_wait() {
 
 #[tokio::test]
 async fn a_flood_wait_ends_when_it_has_passed() {
-    let sim = TelegramSim::new()
-        .per_chat(1, Duration::from_millis(100))
-        .flood_wait(Duration::from_millis(1500))
-        .flood_after(1)
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
-    assert_eq!(
-        send(&client, &url, json!(1), "x").await.status,
-        StatusCode::OK
-    );
+    let (sim, client, url) = start(
+        TelegramSim::new()
+            .per_chat(1, Duration::from_millis(100))
+            .flood_wait(Duration::from_millis(1500))
+            .flood_after(1),
+    )
+    .await;
+    send(&client, &url, json!(1), "x").await.assert_ok();
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 2);
     // Long after the per-chat window, the flood wait still holds: 0.5 s remain.
     tokio::time::sleep(secs(1)).await;
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 1);
     tokio::time::sleep(secs(1)).await;
-    assert_eq!(
-        send(&client, &url, json!(1), "x").await.status,
-        StatusCode::OK
-    );
+    send(&client, &url, json!(1), "x").await.assert_ok();
     let stats = sim.shutdown().await;
     assert_eq!(stats.flood_waits, 2);
     assert_eq!(stats.per_chat["1"].ok, 2);
@@ -280,16 +205,10 @@ async fn a_flood_wait_ends_when_it_has_passed() {
 
 #[tokio::test]
 async fn form_bodies_success_shape_and_errors() {
-    let sim = TelegramSim::new()
-        .per_chat(10, secs(1))
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
+    let (sim, client, url) = start(TelegramSim::new().per_chat(10, secs(1))).await;
     let form = "application/x-www-form-urlencoded";
     let ok = post(&client, &url, form, "chat_id=42&text=hello+there%21".into()).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    ok.assert_ok();
     let result = &ok.body["result"];
     assert_eq!(ok.body["ok"], true);
     assert_eq!(result["message_id"], 1);
@@ -336,18 +255,9 @@ async fn form_bodies_success_shape_and_errors() {
 
 #[tokio::test]
 async fn admitted_messages_are_held_for_the_latency() {
-    let sim = TelegramSim::new()
-        .latency(Duration::from_millis(300))
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
+    let (sim, client, url) = start(TelegramSim::new().latency(Duration::from_millis(300))).await;
     let start = tokio::time::Instant::now();
-    assert_eq!(
-        send(&client, &url, json!(1), "x").await.status,
-        StatusCode::OK
-    );
+    send(&client, &url, json!(1), "x").await.assert_ok();
     assert!(start.elapsed() >= Duration::from_millis(300));
     let start = tokio::time::Instant::now();
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 1);
@@ -357,19 +267,14 @@ async fn admitted_messages_are_held_for_the_latency() {
 
 #[tokio::test]
 async fn a_flood_wait_is_never_shorter_than_the_limit_it_punishes() {
-    let sim = TelegramSim::new()
-        .per_chat(1, secs(3))
-        .flood_wait(secs(1))
-        .flood_after(1)
-        .start()
-        .await
-        .expect("sim starts");
-    let client = client();
-    let url = sim.send_message_url(TEST_TOKEN);
-    assert_eq!(
-        send(&client, &url, json!(1), "x").await.status,
-        StatusCode::OK
-    );
+    let (sim, client, url) = start(
+        TelegramSim::new()
+            .per_chat(1, secs(3))
+            .flood_wait(secs(1))
+            .flood_after(1),
+    )
+    .await;
+    send(&client, &url, json!(1), "x").await.assert_ok();
     // The per-chat limit holds for 3 s, longer than the 1 s flood wait.
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 3);
     assert_too_many_requests(&send(&client, &url, json!(1), "x").await, 3);

@@ -49,16 +49,13 @@ mod body;
 mod server;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::serve::Serving;
+use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
 use server::{Config, Shared, State};
 
 /// The project of requests without an `x-goog-user-project` header.
@@ -103,12 +100,6 @@ impl Default for ChatSim {
     }
 }
 
-fn checked(limit: u32, window: Duration) -> Limit {
-    assert!(limit > 0, "a limit must be at least 1");
-    assert!(!window.is_zero(), "a window must not be zero");
-    Limit::new(limit as usize, window)
-}
-
 impl ChatSim {
     /// Chat's quotas: per space 900 reads and 60 writes per minute; per project 3000
     /// message reads and 3000 message writes per minute, 35 space creations per minute
@@ -144,7 +135,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero (so for every limit setter below).
     pub fn space_reads(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_reads = checked(limit, window);
+        self.config.space_reads = Limit::checked(limit, window);
         self
     }
 
@@ -154,7 +145,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_writes(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_writes = checked(limit, window);
+        self.config.space_writes = Limit::checked(limit, window);
         self
     }
 
@@ -164,7 +155,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn project_reads(mut self, limit: u32, window: Duration) -> Self {
-        self.config.project_reads = checked(limit, window);
+        self.config.project_reads = Limit::checked(limit, window);
         self
     }
 
@@ -174,7 +165,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn project_writes(mut self, limit: u32, window: Duration) -> Self {
-        self.config.project_writes = checked(limit, window);
+        self.config.project_writes = Limit::checked(limit, window);
         self
     }
 
@@ -184,7 +175,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_creations(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_creations = checked(limit, window);
+        self.config.space_creations = Limit::checked(limit, window);
         self
     }
 
@@ -195,7 +186,7 @@ impl ChatSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn space_creations_long(mut self, limit: u32, window: Duration) -> Self {
-        self.config.space_creations_long = checked(limit, window);
+        self.config.space_creations_long = Limit::checked(limit, window);
         self
     }
 
@@ -231,7 +222,7 @@ impl ChatSim {
     }
 
     /// Binds `127.0.0.1:0` and serves in a spawned task until
-    /// [`RunningChatSim::shutdown`] (or until it is dropped).
+    /// [`Running::shutdown`] (or until it is dropped).
     ///
     /// Must be called within a Tokio runtime.
     ///
@@ -243,70 +234,34 @@ impl ChatSim {
         for index in 0..self.spaces {
             state.add_space(Self::space_name(index), &self.config);
         }
-        let shared = Arc::new(Shared {
+        Running::start(|_| Shared {
             config: self.config,
-            latency: self.latency,
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             state: Mutex::new(state),
-        });
-        let serving = Serving::start(server::router(Arc::clone(&shared))).await?;
-        Ok(RunningChatSim { serving, shared })
+        })
+        .await
     }
 }
 
-/// A Chat simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`RunningChatSim::shutdown`] stops it gracefully and returns the final statistics.
-pub struct RunningChatSim {
-    serving: Serving,
-    shared: Arc<Shared>,
+impl Simulator for ChatSim {
+    type Stats = ChatStats;
 }
 
-impl fmt::Debug for RunningChatSim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningChatSim")
-            .field("addr", &self.serving.addr)
-            .finish_non_exhaustive()
-    }
-}
+/// A [`ChatSim`] serving on loopback (see [`Running`]).
+pub type RunningChatSim = Running<ChatSim>;
 
-impl RunningChatSim {
-    /// The bound address (`127.0.0.1` and an ephemeral port).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.serving.addr
-    }
-
-    /// `http://127.0.0.1:<port>`, without a trailing slash; paths start with `/v1`.
-    #[must_use]
-    pub fn base_url(&self) -> &str {
-        &self.serving.base_url
-    }
-
+impl Running<ChatSim> {
     /// The messages URL of `space` (write with `POST`, read with `GET`):
     /// `{base}/v1/spaces/{space}/messages`.
     #[must_use]
     pub fn messages_url(&self, space: &str) -> String {
-        format!("{}/v1/spaces/{space}/messages", self.serving.base_url)
+        format!("{}/v1/spaces/{space}/messages", self.base_url())
     }
 
     /// The space creation URL: `{base}/v1/spaces`.
     #[must_use]
     pub fn spaces_url(&self) -> String {
-        format!("{}/v1/spaces", self.serving.base_url)
-    }
-
-    /// A snapshot of what the server has seen so far.
-    #[must_use]
-    pub fn stats(&self) -> ChatStats {
-        self.shared.stats()
-    }
-
-    /// Stops accepting connections, lets open ones finish (for up to a second, then
-    /// aborts them) and returns the final statistics.
-    pub async fn shutdown(mut self) -> ChatStats {
-        self.serving.shutdown().await;
-        self.shared.stats()
+        format!("{}/v1/spaces", self.base_url())
     }
 }
 

@@ -1,22 +1,25 @@
 //! The Chat simulator's HTTP side: routing, the three endpoints and admission.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
-use crate::stats::{KeyStats, Limit, TimelineBucket, record_arrival};
-use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
+use super::{ChatSim, ChatStats, DEFAULT_PROJECT, ProjectStats, SpaceStats, body};
+use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
+use crate::stats::{Limit, TimelineBucket};
+use crate::timing::Timing;
+use crate::window::{Counted, admit_all, retry_after_secs};
 
 /// The page size of a listing without `pageSize`.
 const DEFAULT_PAGE_SIZE: usize = 25;
@@ -35,30 +38,12 @@ pub(crate) struct Config {
     pub(crate) retry_after: bool,
 }
 
-/// A quota and the peak statistic of its window.
-struct Counted {
-    quota: Quota,
-    peak: PeakWindow,
-}
-
-impl Counted {
-    fn new(limit: Limit) -> Self {
-        Self {
-            quota: Quota::new(
-                usize::try_from(limit.limit).unwrap_or(usize::MAX),
-                limit.window,
-            ),
-            peak: PeakWindow::new(limit.window),
-        }
-    }
-}
-
-/// State shared by every handler of one running simulator.
-pub(crate) struct Shared {
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
+pub struct Shared {
     pub(crate) config: Config,
-    pub(crate) latency: Duration,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) state: Mutex<State>,
 }
 
@@ -110,60 +95,9 @@ enum Class {
     Write,
 }
 
-/// Counts one arrival in `stats`, its window peak from `counted`.
-fn see(stats: &mut KeyStats, counted: &mut Counted, now: Instant) {
-    stats.requests += 1;
-    stats.max_in_window = counted.peak.see(now);
-}
-
-/// Counts the answer to one arrival in `stats`.
-fn settle(stats: &mut KeyStats, admitted: bool, messages: u64) {
-    if admitted {
-        stats.ok += 1;
-        stats.messages_served += messages;
-    } else {
-        stats.throttled_quota += 1;
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn stats(&self) -> ChatStats {
-        let state = self.lock();
-        let config = &self.config;
-        ChatStats {
-            per_space: state
-                .spaces
-                .iter()
-                .map(|(name, space)| (name.clone(), space.stats))
-                .collect(),
-            per_project: state
-                .projects
-                .iter()
-                .map(|(name, project)| (name.clone(), project.stats))
-                .collect(),
-            not_found: state.not_found,
-            bad_requests: state.bad_requests,
-            space_reads_limit: config.space_reads,
-            space_writes_limit: config.space_writes,
-            project_reads_limit: config.project_reads,
-            project_writes_limit: config.project_writes,
-            space_creations_limit: config.space_creations,
-            space_creations_long_limit: config.space_creations_long,
-            timeline: state.timeline.clone(),
-        }
-    }
-
-    fn record(&self, timeline: &mut Vec<TimelineBucket>, now: Instant, admitted: bool) {
-        record_arrival(
-            timeline,
-            self.timeline_bucket,
-            now.saturating_duration_since(self.started),
-            admitted,
-        );
+        lock(&self.state)
     }
 
     fn project<'a>(
@@ -220,16 +154,16 @@ impl Shared {
                 &mut project_state.stats.message_writes,
             ),
         };
-        see(space_stats, space_counted, now);
-        see(project_stats, project_counted, now);
+        space_counted.arrive(space_stats, now);
+        project_counted.arrive(project_stats, now);
         let decision = admit_all(
             &mut [&mut space_counted.quota, &mut project_counted.quota],
             now,
         );
-        self.record(timeline, now, decision.is_ok());
+        self.timing.record(timeline, now, decision.is_ok());
         if let Err(wait) = decision {
-            settle(space_stats, false, 0);
-            settle(project_stats, false, 0);
+            space_stats.settle(false, 0);
+            project_stats.settle(false, 0);
             return Err(Answer::throttled(wait, self.config.retry_after));
         }
         let (served, answer) = match (class, text) {
@@ -255,8 +189,8 @@ impl Shared {
                 (count, page.into())
             }
         };
-        settle(space_stats, true, served);
-        settle(project_stats, true, served);
+        space_stats.settle(true, served);
+        project_stats.settle(true, served);
         Ok(answer)
     }
 
@@ -267,11 +201,9 @@ impl Shared {
         let state = &mut *guard;
         let project_state = self.project(&mut state.projects, project);
         let stats = &mut project_state.stats;
-        see(
-            &mut stats.space_creations,
-            &mut project_state.creations,
-            now,
-        );
+        project_state
+            .creations
+            .arrive(&mut stats.space_creations, now);
         stats.space_creations_max_in_long_window = project_state.creations_long.peak.see(now);
         let decision = admit_all(
             &mut [
@@ -280,8 +212,9 @@ impl Shared {
             ],
             now,
         );
-        settle(&mut stats.space_creations, decision.is_ok(), 0);
-        self.record(&mut state.timeline, now, decision.is_ok());
+        stats.space_creations.settle(decision.is_ok(), 0);
+        self.timing
+            .record(&mut state.timeline, now, decision.is_ok());
         if let Err(wait) = decision {
             return Err(Answer::throttled(wait, self.config.retry_after));
         }
@@ -346,23 +279,20 @@ impl Answer {
 
 /// Holds an admitted request for the configured latency, then answers.
 async fn answer(shared: &Shared, result: Result<Value, Answer>) -> Response {
-    if result.is_ok() && !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
+    if result.is_ok() {
+        shared.timing.hold().await;
     }
     respond(result)
 }
 
 fn respond(result: Result<Value, Answer>) -> Response {
     let answer = result.map_or_else(|e| e, Answer::from);
-    let mut builder = Response::builder()
-        .status(answer.status)
-        .header(CONTENT_TYPE, "application/json; charset=UTF-8");
-    if let Some(secs) = answer.retry_after {
-        builder = builder.header(RETRY_AFTER, secs);
-    }
-    builder
-        .body(Body::from(answer.body.to_string()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    response::json(
+        answer.status,
+        "application/json; charset=UTF-8",
+        answer.retry_after,
+        &answer.body,
+    )
 }
 
 impl From<Value> for Answer {
@@ -375,16 +305,46 @@ impl From<Value> for Answer {
     }
 }
 
-/// The router of the Chat simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/spaces", post(create_space))
-        .route(
-            "/v1/spaces/{space}/messages",
-            get(list_messages).post(create_message),
-        )
-        .fallback(fallback)
-        .with_state(shared)
+impl Serve for ChatSim {
+    const NAME: &'static str = "RunningChatSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/v1/spaces", post(create_space))
+            .route(
+                "/v1/spaces/{space}/messages",
+                get(list_messages).post(create_message),
+            )
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> ChatStats {
+        let state = shared.lock();
+        let config = &shared.config;
+        ChatStats {
+            per_space: state
+                .spaces
+                .iter()
+                .map(|(name, space)| (name.clone(), space.stats))
+                .collect(),
+            per_project: state
+                .projects
+                .iter()
+                .map(|(name, project)| (name.clone(), project.stats))
+                .collect(),
+            not_found: state.not_found,
+            bad_requests: state.bad_requests,
+            space_reads_limit: config.space_reads,
+            space_writes_limit: config.space_writes,
+            project_reads_limit: config.project_reads,
+            project_writes_limit: config.project_writes,
+            space_creations_limit: config.space_creations,
+            space_creations_long_limit: config.space_creations_long,
+            timeline: state.timeline.clone(),
+        }
+    }
 }
 
 async fn fallback(AxumState(shared): AxumState<Arc<Shared>>) -> Response {

@@ -38,19 +38,14 @@ mod body;
 mod server;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-
+use crate::running::{Running, Simulator};
 use crate::stats::SimStats;
+use crate::timing::Timing;
 use crate::window::{KeyState, Limits};
 use server::Shared;
 
@@ -212,7 +207,7 @@ impl GraphSim {
     }
 
     /// Binds `127.0.0.1:0` and serves in a spawned task until
-    /// [`RunningSim::shutdown`] (or until the [`RunningSim`] is dropped).
+    /// [`Running::shutdown`] (or until the [`Running`] handle is dropped).
     ///
     /// Must be called within a Tokio runtime.
     ///
@@ -220,11 +215,8 @@ impl GraphSim {
     ///
     /// If the listener cannot be bound.
     pub async fn start(self) -> io::Result<RunningSim> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
-        let base_url = format!("http://{addr}");
         let names: Vec<String> = (0..self.mailboxes).map(Self::mailbox_name).collect();
-        let shared = Arc::new(Shared {
+        Running::start(|base_url| Shared {
             limits: Limits {
                 quota: self.quota,
                 window: self.window,
@@ -232,10 +224,9 @@ impl GraphSim {
                 count_throttled: self.count_throttled,
             },
             retry_after: self.retry_after,
-            latency: self.latency,
             batch_parallelism: self.batch_parallelism,
             messages_per_mailbox: self.messages_per_mailbox,
-            base_url: base_url.clone(),
+            base_url: base_url.to_owned(),
             index: names
                 .iter()
                 .enumerate()
@@ -249,105 +240,38 @@ impl GraphSim {
             not_found: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             next_request_id: AtomicU64::new(1),
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             timeline: Mutex::new(Vec::new()),
-        });
-        let app = server::router(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(RunningSim {
-            addr,
-            base_url,
-            shared,
-            stop: Some(stop),
-            task: Some(task),
         })
+        .await
     }
 }
 
-/// A Graph simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`RunningSim::shutdown`] stops it gracefully and returns the final statistics.
-pub struct RunningSim {
-    addr: SocketAddr,
-    base_url: String,
-    shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
+impl Simulator for GraphSim {
+    type Stats = SimStats;
 }
 
-impl fmt::Debug for RunningSim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningSim")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
+/// A [`GraphSim`] serving on loopback (see [`Running`]).
+pub type RunningSim = Running<GraphSim>;
 
-impl RunningSim {
-    /// How long [`RunningSim::shutdown`] waits for open connections to finish.
-    const GRACE: Duration = Duration::from_secs(1);
-
-    /// The bound address (`127.0.0.1` and an ephemeral port).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:<port>`, without a trailing slash; paths start with `/v1.0`.
-    #[must_use]
-    pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
+impl Running<GraphSim> {
     /// The listing URL of `mailbox`, without query: `{base}/v1.0/users/{mailbox}/messages`.
     #[must_use]
     pub fn messages_url(&self, mailbox: &str) -> String {
-        format!("{}/v1.0/users/{mailbox}/messages", self.base_url)
+        format!("{}/v1.0/users/{mailbox}/messages", self.base_url())
     }
 
     /// The `$batch` URL: `{base}/v1.0/$batch`.
     #[must_use]
     pub fn batch_url(&self) -> String {
-        format!("{}/v1.0/$batch", self.base_url)
+        format!("{}/v1.0/$batch", self.base_url())
     }
 
     /// The names of the mailboxes served, in order.
     pub fn mailboxes(&self) -> impl Iterator<Item = &str> {
-        self.shared.mailboxes.iter().map(|(name, _)| name.as_str())
-    }
-
-    /// A snapshot of what the server has seen so far.
-    #[must_use]
-    pub fn stats(&self) -> SimStats {
-        self.shared.stats()
-    }
-
-    /// Stops accepting connections, lets open ones finish (for up to a second, then
-    /// aborts them) and returns the final statistics.
-    pub async fn shutdown(mut self) -> SimStats {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Self::GRACE, &mut task).await.is_err() {
-                task.abort();
-            }
-        }
-        self.shared.stats()
-    }
-}
-
-impl Drop for RunningSim {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.shared()
+            .mailboxes
+            .iter()
+            .map(|(name, _)| name.as_str())
     }
 }

@@ -2,15 +2,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode, Uri};
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
@@ -18,15 +16,20 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_BATCH_REQUESTS, MAX_PAGE_SIZE, body};
-use crate::stats::{KeyStats, SimStats, TimelineBucket, record_arrival};
+use super::{DEFAULT_PAGE_SIZE, GraphSim, MAX_BATCH_REQUESTS, MAX_PAGE_SIZE, body};
+use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
+use crate::stats::{KeyStats, SimStats, TimelineBucket};
+use crate::timing::Timing;
 use crate::window::{Decision, KeyState, Limits, retry_after_secs};
 
-/// State shared by every handler of one running simulator.
-pub(crate) struct Shared {
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
+pub struct Shared {
     pub(crate) limits: Limits,
     pub(crate) retry_after: bool,
-    pub(crate) latency: Duration,
     pub(crate) batch_parallelism: usize,
     pub(crate) messages_per_mailbox: u64,
     pub(crate) base_url: String,
@@ -36,15 +39,32 @@ pub(crate) struct Shared {
     pub(crate) not_found: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
     pub(crate) next_request_id: AtomicU64,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) timeline: Mutex<Vec<TimelineBucket>>,
 }
 
 impl Shared {
-    pub(crate) fn stats(&self) -> SimStats {
+    fn request_id(&self) -> String {
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+}
+
+impl Serve for GraphSim {
+    const NAME: &'static str = "RunningSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/v1.0/users/{mailbox}/messages", get(messages))
+            .route("/v1.0/$batch", post(batch))
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> SimStats {
         let mut totals = KeyStats::default();
-        let per_mailbox = self
+        let per_mailbox = shared
             .mailboxes
             .iter()
             .map(|(name, state)| {
@@ -56,33 +76,15 @@ impl Shared {
         SimStats {
             per_mailbox,
             totals,
-            batches: self.batches.load(Ordering::Relaxed),
-            not_found: self.not_found.load(Ordering::Relaxed),
-            bad_requests: self.bad_requests.load(Ordering::Relaxed),
-            limit_in_window: self.limits.quota as u64,
-            window: self.limits.window,
-            concurrency_limit: self.limits.concurrency as u64,
-            timeline: self
-                .timeline
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            batches: shared.batches.load(Ordering::Relaxed),
+            not_found: shared.not_found.load(Ordering::Relaxed),
+            bad_requests: shared.bad_requests.load(Ordering::Relaxed),
+            limit_in_window: shared.limits.quota as u64,
+            window: shared.limits.window,
+            concurrency_limit: shared.limits.concurrency as u64,
+            timeline: lock(&shared.timeline).clone(),
         }
     }
-
-    fn request_id(&self) -> String {
-        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        format!("00000000-0000-4000-8000-{n:012x}")
-    }
-}
-
-/// The router of the Graph simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1.0/users/{mailbox}/messages", get(messages))
-        .route("/v1.0/$batch", post(batch))
-        .fallback(fallback)
-        .with_state(shared)
 }
 
 /// One answer, before it becomes an HTTP response or a `$batch` sub-response.
@@ -102,16 +104,12 @@ impl Outcome {
     }
 
     fn into_response(self) -> Response {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(CONTENT_TYPE, "application/json");
-        if let Some(secs) = self.retry_after {
-            builder = builder.header(RETRY_AFTER, secs);
-        }
-        let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
-        builder
-            .body(Body::from(bytes))
-            .unwrap_or_else(|_| Response::new(Body::empty()))
+        response::json(
+            self.status,
+            "application/json",
+            self.retry_after,
+            &self.body,
+        )
     }
 
     fn into_sub_response(self, id: &str) -> Value {
@@ -127,10 +125,6 @@ impl Outcome {
             "body": self.body,
         })
     }
-}
-
-fn lock(state: &Mutex<KeyState>) -> MutexGuard<'_, KeyState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Holds one admitted request's concurrency slot; frees it on drop, also when the
@@ -191,13 +185,9 @@ async fn list_messages(
     let state = &shared.mailboxes[index].1;
     let now = Instant::now();
     let decision = lock(state).arrive(now, &shared.limits);
-    record_arrival(
-        &mut shared
-            .timeline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-        shared.timeline_bucket,
-        now.saturating_duration_since(shared.started),
+    shared.timing.record(
+        &mut lock(&shared.timeline),
+        now,
         decision == Decision::Admit,
     );
     match decision {
@@ -217,9 +207,7 @@ async fn list_messages(
     }
 
     let _slot = InFlight(state);
-    if !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
-    }
+    shared.timing.hold().await;
     let (top, skip) = match page_params(query) {
         Ok(params) => params,
         Err(message) => {

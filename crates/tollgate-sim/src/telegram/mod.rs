@@ -41,16 +41,13 @@ mod body;
 mod server;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::serve::Serving;
+use crate::running::{Running, Simulator};
 use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
 use server::{Config, Shared, State};
 
 /// A syntactically valid bot token for tests and demos; the simulator accepts any
@@ -85,9 +82,9 @@ pub const TEST_TOKEN: &str = "123456789:AAH-tollgate-sim-test-token";
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct TelegramSim {
-    per_chat: (usize, Duration),
-    per_group: (usize, Duration),
-    overall: (usize, Duration),
+    per_chat: Limit,
+    per_group: Limit,
+    overall: Limit,
     flood_wait: Option<Duration>,
     flood_after: u32,
     latency: Duration,
@@ -100,20 +97,14 @@ impl Default for TelegramSim {
     }
 }
 
-fn checked(limit: u32, window: Duration) -> (usize, Duration) {
-    assert!(limit > 0, "a limit must be at least 1");
-    assert!(!window.is_zero(), "a window must not be zero");
-    (limit as usize, window)
-}
-
 impl TelegramSim {
     /// The Bot FAQ's limits: 1 message per second per chat, 20 per minute per group,
     /// 30 per second per bot; no flood wait, no added latency.
     pub fn new() -> Self {
         Self {
-            per_chat: (1, Duration::from_secs(1)),
-            per_group: (20, Duration::from_secs(60)),
-            overall: (30, Duration::from_secs(1)),
+            per_chat: Limit::new(1, Duration::from_secs(1)),
+            per_group: Limit::new(20, Duration::from_secs(60)),
+            overall: Limit::new(30, Duration::from_secs(1)),
             flood_wait: None,
             flood_after: 3,
             latency: Duration::ZERO,
@@ -127,7 +118,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn per_chat(mut self, limit: u32, window: Duration) -> Self {
-        self.per_chat = checked(limit, window);
+        self.per_chat = Limit::checked(limit, window);
         self
     }
 
@@ -137,7 +128,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn per_group(mut self, limit: u32, window: Duration) -> Self {
-        self.per_group = checked(limit, window);
+        self.per_group = Limit::checked(limit, window);
         self
     }
 
@@ -147,7 +138,7 @@ impl TelegramSim {
     ///
     /// If `limit` or `window` is zero.
     pub fn overall(mut self, limit: u32, window: Duration) -> Self {
-        self.overall = checked(limit, window);
+        self.overall = Limit::checked(limit, window);
         self
     }
 
@@ -192,7 +183,7 @@ impl TelegramSim {
     }
 
     /// Binds `127.0.0.1:0` and serves in a spawned task until
-    /// [`RunningTelegramSim::shutdown`] (or until it is dropped).
+    /// [`Running::shutdown`] (or until it is dropped).
     ///
     /// Must be called within a Tokio runtime.
     ///
@@ -200,7 +191,7 @@ impl TelegramSim {
     ///
     /// If the listener cannot be bound.
     pub async fn start(self) -> io::Result<RunningTelegramSim> {
-        let shared = Arc::new(Shared {
+        Running::start(|_| Shared {
             config: Config {
                 per_chat: self.per_chat,
                 per_group: self.per_group,
@@ -208,62 +199,25 @@ impl TelegramSim {
                 flood_wait: self.flood_wait,
                 flood_after: self.flood_after,
             },
-            latency: self.latency,
-            started: Instant::now(),
-            timeline_bucket: self.timeline_bucket,
+            timing: Timing::start(self.latency, self.timeline_bucket),
             state: Mutex::new(State::default()),
-        });
-        let serving = Serving::start(server::router(Arc::clone(&shared))).await?;
-        Ok(RunningTelegramSim { serving, shared })
+        })
+        .await
     }
 }
 
-/// A Telegram simulator serving on loopback. Dropping it stops the server abruptly;
-/// [`RunningTelegramSim::shutdown`] stops it gracefully and returns the final
-/// statistics.
-pub struct RunningTelegramSim {
-    serving: Serving,
-    shared: Arc<Shared>,
+impl Simulator for TelegramSim {
+    type Stats = TelegramStats;
 }
 
-impl fmt::Debug for RunningTelegramSim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningTelegramSim")
-            .field("addr", &self.serving.addr)
-            .finish_non_exhaustive()
-    }
-}
+/// A [`TelegramSim`] serving on loopback (see [`Running`]).
+pub type RunningTelegramSim = Running<TelegramSim>;
 
-impl RunningTelegramSim {
-    /// The bound address (`127.0.0.1` and an ephemeral port).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.serving.addr
-    }
-
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
-    #[must_use]
-    pub fn base_url(&self) -> &str {
-        &self.serving.base_url
-    }
-
+impl Running<TelegramSim> {
     /// The `sendMessage` URL of a bot: `{base}/bot{token}/sendMessage`.
     #[must_use]
     pub fn send_message_url(&self, token: &str) -> String {
-        format!("{}/bot{token}/sendMessage", self.serving.base_url)
-    }
-
-    /// A snapshot of what the server has seen so far.
-    #[must_use]
-    pub fn stats(&self) -> TelegramStats {
-        self.shared.stats()
-    }
-
-    /// Stops accepting connections, lets open ones finish (for up to a second, then
-    /// aborts them) and returns the final statistics.
-    pub async fn shutdown(mut self) -> TelegramStats {
-        self.serving.shutdown().await;
-        self.shared.stats()
+        format!("{}/bot{token}/sendMessage", self.base_url())
     }
 }
 

@@ -2,42 +2,46 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::response::Response;
 use axum::routing::post;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{TelegramStats, body};
-use crate::stats::{KeyStats, Limit, TimelineBucket, record_arrival};
-use crate::window::{PeakWindow, Quota, admit_all, retry_after_secs};
+use super::{TelegramSim, TelegramStats, body};
+use crate::lock;
+use crate::response;
+use crate::running::sealed::Serve;
+use crate::stats::{KeyStats, Limit, TimelineBucket};
+use crate::timing::Timing;
+use crate::window::{Counted, admit_all, retry_after_secs};
 
 /// The longest text `sendMessage` accepts, in characters.
 const MAX_TEXT_CHARS: usize = 4096;
 
 /// The configured limits.
 pub(crate) struct Config {
-    pub(crate) per_chat: (usize, Duration),
-    pub(crate) per_group: (usize, Duration),
-    pub(crate) overall: (usize, Duration),
+    pub(crate) per_chat: Limit,
+    pub(crate) per_group: Limit,
+    pub(crate) overall: Limit,
     pub(crate) flood_wait: Option<Duration>,
     pub(crate) flood_after: u32,
 }
 
-/// State shared by every handler of one running simulator.
-pub(crate) struct Shared {
+/// State shared by every handler of one running simulator (`pub` in a private module:
+/// see [`Serve::Shared`](crate::running::sealed::Serve::Shared)).
+#[expect(missing_debug_implementations, reason = "not reachable")]
+pub struct Shared {
     pub(crate) config: Config,
-    pub(crate) latency: Duration,
-    pub(crate) started: Instant,
-    pub(crate) timeline_bucket: Duration,
+    pub(crate) timing: Timing,
     pub(crate) state: Mutex<State>,
 }
 
@@ -54,10 +58,9 @@ pub(crate) struct State {
 }
 
 struct ChatState {
-    quota: Quota,
-    peak: PeakWindow,
-    /// For group chats: the group quota and its peak.
-    group: Option<(Quota, PeakWindow)>,
+    per_chat: Counted,
+    /// For group chats: the group quota.
+    group: Option<Counted>,
     /// `429`s in a row.
     violations: u32,
     flooded_until: Option<Instant>,
@@ -66,57 +69,13 @@ struct ChatState {
 }
 
 struct BotState {
-    quota: Quota,
-    peak: PeakWindow,
+    overall: Counted,
     stats: KeyStats,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn stats(&self) -> TelegramStats {
-        let state = self.lock();
-        let mut per_chat = BTreeMap::<String, KeyStats>::new();
-        for ((_, id), chat) in &state.chats {
-            per_chat
-                .entry(id.clone())
-                .or_default()
-                .accumulate(&chat.stats);
-        }
-        let mut overall = KeyStats::default();
-        let per_bot = state
-            .bots
-            .iter()
-            .map(|(token, bot)| {
-                overall.accumulate(&bot.stats);
-                (token.clone(), bot.stats)
-            })
-            .collect();
-        let (per_chat_limit, per_group_limit, overall_limit) = (
-            Limit::new(self.config.per_chat.0, self.config.per_chat.1),
-            Limit::new(self.config.per_group.0, self.config.per_group.1),
-            Limit::new(self.config.overall.0, self.config.overall.1),
-        );
-        TelegramStats {
-            per_chat,
-            per_bot,
-            overall,
-            group_max_in_window: state
-                .chats
-                .values()
-                .filter_map(|c| c.group.as_ref().map(|(_, peak)| peak.max()))
-                .max()
-                .unwrap_or(0),
-            flood_waits: state.flood_waits,
-            bad_requests: state.bad_requests,
-            not_found: state.not_found,
-            per_chat_limit,
-            per_group_limit,
-            overall_limit,
-            timeline: state.timeline.clone(),
-        }
+        lock(&self.state)
     }
 
     /// Decides on one message to `chat` from bot `token` arriving now: `Ok(message_id)`
@@ -133,31 +92,22 @@ impl Shared {
             ..
         } = &mut *guard;
         let bot = bots.entry(token.to_owned()).or_insert_with(|| BotState {
-            quota: Quota::new(config.overall.0, config.overall.1),
-            peak: PeakWindow::new(config.overall.1),
+            overall: Counted::new(config.overall),
             stats: KeyStats::default(),
         });
         let key = (token.to_owned(), chat.key.clone());
         let state = chats.entry(key).or_insert_with(|| ChatState {
-            quota: Quota::new(config.per_chat.0, config.per_chat.1),
-            peak: PeakWindow::new(config.per_chat.1),
-            group: chat.is_group().then(|| {
-                (
-                    Quota::new(config.per_group.0, config.per_group.1),
-                    PeakWindow::new(config.per_group.1),
-                )
-            }),
+            per_chat: Counted::new(config.per_chat),
+            group: chat.is_group().then(|| Counted::new(config.per_group)),
             violations: 0,
             flooded_until: None,
             next_message_id: 1,
             stats: KeyStats::default(),
         });
-        bot.stats.requests += 1;
-        bot.stats.max_in_window = bot.peak.see(now);
-        state.stats.requests += 1;
-        state.stats.max_in_window = state.peak.see(now);
-        if let Some((_, peak)) = &mut state.group {
-            peak.see(now);
+        bot.overall.arrive(&mut bot.stats, now);
+        state.per_chat.arrive(&mut state.stats, now);
+        if let Some(group) = &mut state.group {
+            group.peak.see(now);
         }
 
         let decision = match state.flooded_until {
@@ -167,9 +117,9 @@ impl Shared {
             }
             _ => {
                 state.flooded_until = None;
-                let mut quotas = vec![&mut state.quota, &mut bot.quota];
-                if let Some((group, _)) = &mut state.group {
-                    quotas.push(group);
+                let mut quotas = vec![&mut state.per_chat.quota, &mut bot.overall.quota];
+                if let Some(group) = &mut state.group {
+                    quotas.push(&mut group.quota);
                 }
                 admit_all(&mut quotas, now).map_err(|wait| {
                     state.violations += 1;
@@ -188,50 +138,77 @@ impl Shared {
                 })
             }
         };
-        record_arrival(
-            timeline,
-            self.timeline_bucket,
-            now.saturating_duration_since(self.started),
-            decision.is_ok(),
-        );
+        self.timing.record(timeline, now, decision.is_ok());
         match decision {
             Ok(()) => {
                 state.violations = 0;
-                for stats in [&mut state.stats, &mut bot.stats] {
-                    stats.ok += 1;
-                    stats.messages_served += 1;
-                }
+                state.stats.settle(true, 1);
+                bot.stats.settle(true, 1);
                 let id = state.next_message_id;
                 state.next_message_id += 1;
                 Ok(id)
             }
             Err(wait) => {
-                state.stats.throttled_quota += 1;
-                bot.stats.throttled_quota += 1;
+                state.stats.settle(false, 0);
+                bot.stats.settle(false, 0);
                 Err(retry_after_secs(wait))
             }
         }
     }
 }
 
-/// The router of the Telegram simulator.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/{bot}/sendMessage", post(send_message))
-        .fallback(fallback)
-        .with_state(shared)
+impl Serve for TelegramSim {
+    const NAME: &'static str = "RunningTelegramSim";
+    type Shared = Shared;
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
+            .route("/{bot}/sendMessage", post(send_message))
+            .fallback(fallback)
+            .with_state(shared)
+    }
+
+    fn stats(shared: &Shared) -> TelegramStats {
+        let state = shared.lock();
+        let mut per_chat = BTreeMap::<String, KeyStats>::new();
+        for ((_, id), chat) in &state.chats {
+            per_chat
+                .entry(id.clone())
+                .or_default()
+                .accumulate(&chat.stats);
+        }
+        let mut overall = KeyStats::default();
+        let per_bot = state
+            .bots
+            .iter()
+            .map(|(token, bot)| {
+                overall.accumulate(&bot.stats);
+                (token.clone(), bot.stats)
+            })
+            .collect();
+        TelegramStats {
+            per_chat,
+            per_bot,
+            overall,
+            group_max_in_window: state
+                .chats
+                .values()
+                .filter_map(|c| c.group.as_ref().map(|group| group.peak.max()))
+                .max()
+                .unwrap_or(0),
+            flood_waits: state.flood_waits,
+            bad_requests: state.bad_requests,
+            not_found: state.not_found,
+            per_chat_limit: shared.config.per_chat,
+            per_group_limit: shared.config.per_group,
+            overall_limit: shared.config.overall,
+            timeline: state.timeline.clone(),
+        }
+    }
 }
 
 fn respond(status: StatusCode, retry_after: Option<u64>, body: &Value) -> Response {
-    let mut builder = Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json");
-    if let Some(secs) = retry_after {
-        builder = builder.header(RETRY_AFTER, secs);
-    }
-    builder
-        .body(Body::from(body.to_string()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    response::json(status, "application/json", retry_after, body)
 }
 
 fn not_found(shared: &Shared) -> Response {
@@ -362,9 +339,7 @@ async fn send_message(
     };
     match shared.admit(token, &chat) {
         Ok(message_id) => {
-            if !shared.latency.is_zero() {
-                tokio::time::sleep(shared.latency).await;
-            }
+            shared.timing.hold().await;
             let date = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
