@@ -351,37 +351,24 @@ impl ConcSlot {
     }
 
     /// Frees one slot, handing it to the first waiter if there is one.
+    ///
+    /// One atomic subtraction; only when someone was waiting does the queue get locked.
+    /// In between, the freed slot cannot be taken by a newcomer (it sees the waiters and
+    /// queues behind them), so it goes to the queue's head: first come, first served.
     #[inline]
     fn release(&self) {
-        let mut word = self.word.load(Ordering::Acquire);
-        loop {
-            let (in_flight, waiters) = split(word);
-            debug_assert!(in_flight > 0, "released more slots than granted");
-            if waiters > 0 {
-                break;
-            }
-            match self.word.compare_exchange_weak(
-                word,
-                word - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => word = actual,
-            }
+        let before = self.word.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(split(before).0 > 0, "released more slots than granted");
+        if split(before).1 > 0 {
+            self.release_to_waiter();
         }
-        self.release_to_waiter();
     }
 
-    /// [`release`](Self::release) when someone waits: the slot goes to the queue.
+    /// [`release`](Self::release) when someone waits: free slots go to the queue.
     #[cold]
     fn release_to_waiter(&self) {
         let mut wake = Wakers::default();
-        {
-            let mut queue = self.lock_queue();
-            self.word.fetch_sub(1, Ordering::AcqRel);
-            self.grant_locked(&mut queue, &mut wake);
-        }
+        self.grant_locked(&mut self.lock_queue(), &mut wake);
         wake.wake();
     }
 }
