@@ -212,7 +212,9 @@
 //! and releases are pipelines of single-key commands.
 //! The connection here is a single-endpoint `ConnectionManager` (a standalone Redis,
 //! or a proxy in front of a cluster); nothing in the layout or the scripts would change
-//! for redis-rs's cluster connection.
+//! for redis-rs's cluster connection. The behaviour suite runs against a standalone
+//! server and against a Redis Cluster node (one node owning every slot, which refuses
+//! any command or script whose keys span two slots).
 //!
 //! # When Redis is unreachable: [`FailurePolicy`]
 //!

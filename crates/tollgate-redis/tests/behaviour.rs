@@ -1,12 +1,13 @@
 //! The behaviour suite (`suite/mod.rs`) against both stores: what holds for the
-//! in-memory store holds for the Redis store.
+//! in-memory store holds for the Redis store, on a standalone server and on a Redis
+//! Cluster node (which refuses any script whose keys span two hash slots).
 
 mod suite;
 mod support;
 
 use tollgate::store::MemoryStore;
 
-macro_rules! both_stores {
+macro_rules! every_store {
     ($($name:ident),* $(,)?) => {
         mod memory {
             use super::*;
@@ -27,10 +28,20 @@ macro_rules! both_stores {
                 }
             )*
         }
+        mod redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = redis_server!(cluster);
+                    suite::$name(server.store()).await;
+                }
+            )*
+        }
     };
 }
 
-both_stores!(
+every_store!(
     sliding_never_admits_more_than_n_in_any_window,
     fixed_never_admits_more_than_n_per_aligned_window,
     smooth_spaces_units_after_the_burst,
@@ -43,3 +54,35 @@ both_stores!(
     concurrency_never_exceeds_the_limit_and_releases_on_drop,
     reject_mode_refuses_a_full_key_and_a_cancelled_waiter_leaks_nothing,
 );
+
+/// The cluster the suite runs on enforces Cluster's rule (else the suite passing there
+/// would prove nothing): a script naming keys of two hash slots is refused.
+#[tokio::test]
+async fn the_cluster_node_refuses_a_script_whose_keys_span_two_slots() {
+    let server = redis_server!(cluster);
+    let client = ::redis::Client::open(server.url()).expect("a valid URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let script = ::redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("{a}:q")
+        .arg("{b}:q")
+        .query_async::<i64>(&mut connection)
+        .await;
+    let err = script.expect_err("keys of two slots in one script");
+    assert!(
+        err.to_string().to_lowercase().contains("crossslot"),
+        "{err}"
+    );
+    let same_slot = ::redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("{a}:q")
+        .arg("{a}:c")
+        .query_async::<i64>(&mut connection)
+        .await;
+    assert_eq!(same_slot.expect("keys of one slot"), 1);
+}

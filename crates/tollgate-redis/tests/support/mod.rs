@@ -3,6 +3,11 @@
 //! The binary comes from `PATH`. Without it the tests fail, saying how to install it,
 //! unless `TOLLGATE_SKIP_REDIS_TESTS=1` is set (an explicit opt-out; CI never sets it):
 //! then [`RedisServer::start`] returns `None` and the test returns early.
+//!
+//! [`RedisServer::start_cluster`] starts one in Redis Cluster mode instead: a cluster of
+//! one node that owns all 16,384 hash slots. A plain connection reaches every key, and
+//! the server still enforces what Cluster requires of each command and script: all the
+//! keys it names in one hash slot (else `CROSSSLOT`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -21,6 +26,8 @@ pub(crate) struct RedisServer {
     binary: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// Cluster mode: the directory of the node's cluster configuration file.
+    cluster_dir: Option<PathBuf>,
 }
 
 fn find_binary() -> Option<PathBuf> {
@@ -60,21 +67,87 @@ impl RedisServer {
             binary,
             port: free_port(),
             child: None,
+            cluster_dir: None,
         };
         server.spawn().await;
         Some(server)
     }
 
+    /// Starts a one-node Redis Cluster (see the module docs), or returns `None` when
+    /// the tests are explicitly skipped.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), and when the cluster does not report `ok` within 10 s.
+    pub(crate) async fn start_cluster() -> Option<RedisServer> {
+        let mut server = RedisServer::start().await?;
+        server.kill().await;
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-redis-cluster-{}-{}",
+            std::process::id(),
+            server.port
+        ));
+        std::fs::create_dir_all(&dir).expect("create the cluster node's directory");
+        server.cluster_dir = Some(dir);
+        server.spawn().await;
+        let client = redis::Client::open(server.url()).expect("a valid URL");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the cluster node");
+        // ADDSLOTS rather than ADDSLOTSRANGE (Redis 7): any Redis with Cluster takes it.
+        let () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTS")
+            .arg((0..16_384).collect::<Vec<u16>>())
+            .query_async(&mut connection)
+            .await
+            .expect("CLUSTER ADDSLOTS");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut connection)
+                .await
+                .expect("CLUSTER INFO");
+            if info.contains("cluster_state:ok") {
+                return Some(server);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the one-node cluster did not become ok: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The server's command line beyond its port.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.args(["--port", &self.port.to_string()]).args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(dir) = &self.cluster_dir {
+            let conf = format!("nodes-{}.conf", self.port);
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", &conf])
+                .arg("--dir")
+                .arg(dir);
+        }
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     async fn spawn(&mut self) {
         for attempt in 0..5 {
-            let child = Command::new(&self.binary)
-                .args(["--port", &self.port.to_string()])
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start redis-server");
+            let child = self.command().spawn().expect("start redis-server");
             self.child = Some(child);
             if self.wait_for_pong(Duration::from_secs(10)).await {
                 return;
@@ -162,14 +235,7 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub(crate) async fn restart(&mut self) {
         self.kill().await;
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("restart redis-server");
+        let child = self.command().spawn().expect("restart redis-server");
         self.child = Some(child);
         assert!(
             self.wait_for_pong(Duration::from_secs(10)).await,
@@ -183,6 +249,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
+        }
+        if let Some(dir) = &self.cluster_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -207,6 +276,12 @@ async fn ping(port: u16) -> bool {
 macro_rules! redis_server {
     () => {
         match support::RedisServer::start().await {
+            Some(server) => server,
+            None => return,
+        }
+    };
+    (cluster) => {
+        match support::RedisServer::start_cluster().await {
             Some(server) => server,
             None => return,
         }
