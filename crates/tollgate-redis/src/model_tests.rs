@@ -174,6 +174,35 @@ fn the_scripts_decide_exactly_as_the_in_memory_maths() {
         .unwrap();
 }
 
+#[test]
+fn a_state_longer_than_one_unpack_decides_alike() {
+    // Sliding windows of 32 buckets, one admission per bucket: a state of more than
+    // 64 numbers, which the scripts read and write in slices.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(server) = runtime.block_on(support::RedisServer::start()) else {
+        return;
+    };
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let scripts = Scripts {
+        admit: with_fake_clock(ADMIT),
+        refund: with_fake_clock(REFUND),
+    };
+    let specs = [Spec(0, 100, 32_000_000, 1), Spec(0, 90, 31_000_000, 1)];
+    let steps: Vec<Step> = (0..80)
+        .map(|i| Step {
+            advance: if i % 2 == 0 { 1_000_000 } else { 0 },
+            cost: 1 + i % 3,
+            refund: (i % 7 == 3).then_some(i as usize),
+        })
+        .collect();
+    run_case(&mut con, &scripts, "long", &specs, &steps).unwrap();
+    let state: Vec<u8> = redis::cmd("GET").arg("long").query(&mut con).unwrap();
+    assert!(state.len() > 8 * 64, "{} bytes", state.len());
+}
+
 /// The scripts' own rules beyond the window maths, on a clock the test drives.
 struct Driven {
     con: redis::Connection,
