@@ -399,7 +399,7 @@ async fn check_round_trips(url: &str, port: u16) {
     let Some(mut monitor) = Monitor::start(port, &mut conn).await else {
         println!("  (redis-cli is not on PATH: commands not counted)");
         for ((id, _), usec) in ops.iter().zip(&server_time) {
-            println!("  {id:<18} {usec:5.1} µs in EVALSHA");
+            println!("  {id:<18} {usec:5.1} µs in EVALSHA (wall)");
         }
         return;
     };
@@ -413,11 +413,29 @@ async fn check_round_trips(url: &str, port: u16) {
             .await;
         let (clients, scripts) = by_sender(&lines);
         println!(
-            "  {id:<18} {usec:5.1} µs in EVALSHA; sent {}; scripts ran {}",
+            "  {id:<18} {usec:5.1} µs in EVALSHA (wall); sent {}; scripts ran {}",
             per_op(&clients),
             per_op(&scripts)
         );
     }
+}
+
+/// Redis's CPU time so far (`used_cpu_user` + `used_cpu_sys` of `INFO cpu`), in
+/// seconds.
+async fn server_cpu(conn: &mut MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .expect("INFO cpu");
+    info.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            matches!(name, "used_cpu_user" | "used_cpu_sys")
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// Each id's rate as a fraction of the baseline's, measured interleaved: blocks of
@@ -425,7 +443,12 @@ async fn check_round_trips(url: &str, port: u16) {
 /// [`PAIRED_ROUNDS`] times, so that a change in the machine's load (a shared 2-core
 /// VM) weighs on both alike. Printed before criterion's own measurements, which run
 /// the ids one after the other.
-async fn paired_ratios(ops: &[(&'static str, Op)]) {
+///
+/// With each ratio, Redis's CPU time per operation over the same blocks (`INFO cpu`,
+/// read between blocks): what bounds the rate once the server is the busier side.
+/// `INFO commandstats`' `usec_per_call` (the check above) is wall time inside the
+/// command, which also counts the time the server waited for a CPU.
+async fn paired_ratios(ops: &[(&'static str, Op)], conn: &mut MultiplexedConnection) {
     let Some(((_, baseline), rest)) = ops.split_first() else {
         return;
     };
@@ -437,16 +460,25 @@ async fn paired_ratios(ops: &[(&'static str, Op)]) {
         for (id, op) in rest {
             let next = Arc::new(AtomicUsize::new(0));
             let (mut base, mut own) = (Duration::ZERO, Duration::ZERO);
+            let (mut base_cpu, mut own_cpu) = (0.0, 0.0);
             for _ in 0..PAIRED_ROUNDS {
+                let before = server_cpu(conn).await;
                 base += run(baseline, &next, PAIRED_BLOCK, in_flight).await;
+                let between = server_cpu(conn).await;
                 own += run(op, &next, PAIRED_BLOCK, in_flight).await;
+                let after = server_cpu(conn).await;
+                base_cpu += between - before;
+                own_cpu += after - between;
             }
             let ops = f64::from(PAIRED_ROUNDS) * PAIRED_BLOCK as f64;
             println!(
-                "  {id:<18} {:>4.0} % ({:.1} µs per operation, baseline {:.1} µs)",
+                "  {id:<18} {:>4.0} % ({:.1} µs per operation, baseline {:.1} µs; \
+                 server CPU {:.1} µs per operation, baseline {:.1} µs)",
                 base.as_secs_f64() / own.as_secs_f64() * 100.0,
                 own.as_secs_f64() * 1e6 / ops,
                 base.as_secs_f64() * 1e6 / ops,
+                own_cpu * 1e6 / ops,
+                base_cpu * 1e6 / ops,
             );
         }
     }
@@ -549,7 +581,14 @@ fn main() {
             .expect("a valid URL")
     });
     let ops = ops(&store);
-    runtime.block_on(paired_ratios(&ops));
+    runtime.block_on(async {
+        let mut conn = redis::Client::open(server.url.as_str())
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection for INFO");
+        paired_ratios(&ops, &mut conn).await;
+    });
     group(&mut criterion, &runtime, "redis_sequential", &ops, 1);
     group(
         &mut criterion,

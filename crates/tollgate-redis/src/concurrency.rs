@@ -155,14 +155,17 @@ impl RedisStore {
             id,
             armed: true,
         };
-        let args = (
-            req.limit,
-            shared.lease_member(id),
-            micros_up(shared.lease_ttl),
-        );
-        let reply: Vec<i64> = shared.eval(&SCRIPTS.lease_acquire, &req.name, args).await?;
+        // See `lua/lease_acquire.lua`: numbers as doubles (no `strtod`), the key's TTL
+        // as the string `PEXPIRE` takes (no formatting in the script).
+        let ttl = micros_up(shared.lease_ttl);
+        let mut numbers = [0; 16];
+        numbers[..8].copy_from_slice(&f64::from(req.limit).to_le_bytes());
+        numbers[8..].copy_from_slice(&(ttl as f64).to_le_bytes());
+        let key_ttl = (ttl.div_ceil(1000) + 1).to_string();
+        let args = (shared.lease_member(id), &numbers[..], key_ttl);
+        let wait: i64 = shared.eval(&SCRIPTS.lease_acquire, &req.name, args).await?;
         pending.armed = false;
-        if reply.first() == Some(&1) {
+        if wait == 0 {
             let key = Arc::clone(&req.name);
             let _ = shared.tx.send(Msg::Acquired { key, id });
             return Ok(Taken::Yes(RedisPermit {
@@ -173,7 +176,7 @@ impl RedisStore {
                 },
             }));
         }
-        let expiry = reply.get(1).copied().unwrap_or(1).max(1) as u64;
+        let expiry = wait.max(1) as u64;
         Ok(Taken::No(Duration::from_micros(expiry)))
     }
 

@@ -5,7 +5,7 @@
 //! can end the tag early or clash with the separators:
 //!
 //! ```text
-//! <prefix>{<hex of the key>}:q    quota state of the key (a MessagePack array)
+//! <prefix>{<hex of the key>}:q    quota state of the key (little-endian doubles)
 //! <prefix>{<hex of the key>}:c    concurrency leases of the key (a sorted set)
 //! <prefix>{_global}:cooldown      the global cooldown (its end, Redis µs)
 //! ```

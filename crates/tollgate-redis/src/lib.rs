@@ -100,38 +100,62 @@
 //! ## What an admission costs
 //!
 //! An admission is one `EVALSHA` with three commands inside: `TIME`, `GET`, and a
-//! `SET … PX` when it admits (a refusal writes nothing). The script is written for
-//! that path, because on a loopback Redis its server time is most of what an
-//! admission costs beyond a bare round trip:
+//! `SET … PX` when it admits (a refusal writes nothing). With many admissions in
+//! flight, Redis's time in the script is what bounds their rate, so the script is
+//! written for that path. What a script costs was counted in instructions (callgrind
+//! on redis-server 7.0, 3,000 calls over 10,000 keys; timings on a shared two-core VM
+//! are too noisy to compare variants, and `INFO commandstats`' `usec_per_call` is wall
+//! time, which counts the time the server was descheduled too). An `EVALSHA` of
+//! `return 1` with one key costs about 12,000; on top of that:
 //!
-//! - two arguments besides the key: the request (cost, hold, spacing, report,
-//!   `forget_after`) and the quota set, each as little-endian doubles read by
-//!   `struct.unpack`. Lua's `tonumber` is a `strtod`, about a quarter of a
-//!   microsecond per number, and twelve decimal arguments cost more than `TIME`. The
-//!   set's bytes are also its signature, compared as one string;
-//! - the state is one flat array, and one pass over the quotas computes each wait and
-//!   builds the new state, which a refusal throws away: no table per quota or per
-//!   window, and only the few functions the maths needs (each `local function` is a
-//!   closure built again on every call);
-//! - the `PX` milliseconds are passed as a string: `redis.call` formats a number
-//!   argument with `%.17g`, about a microsecond, a third of the `SET` itself;
-//! - the lease and global-cooldown scripts carry no window maths.
+//! - each `redis.call` costs 4,000 to 7,000: Redis converts the arguments, runs the
+//!   command through its full dispatch (lookup, ACL, statistics, latency histogram),
+//!   then writes the reply as RESP and parses it back into Lua. `TIME` costs 6,500
+//!   (a table of two fresh strings), a `GET` of a state 5,000, the `SET` with its four
+//!   arguments 12,000;
+//! - each `ARGV` element about 2,000 (Redis builds `KEYS` and `ARGV` afresh on every
+//!   call), a returned table about 4,500 for `{1, now}` (against 250 for a number),
+//!   each `local function` 400 to 800 (a closure built on every call), each bytecode
+//!   instruction about 50, each string the script makes (`sub`, `..`,
+//!   `string.format`) 1,000 to 2,500, `string.format('%.0f')` of a time 5,000, and
+//!   `tonumber` of a string 1,300 (it parses the string twice).
 //!
-//! Measured on a loaded two-core machine (`INFO commandstats`, sequential calls
-//! through one connection manager, a sliding quota over thousands of keys, load
-//! average about 4), server time per call: a trivial script 5 µs, `TIME` + `GET` +
-//! `SET` 16 µs, the same with the state's MessagePack round trip 22 µs, an admission
-//! 33–37 µs (39–45 µs with the previous script, which parsed twelve decimal
-//! arguments and built tables per quota and window). Tried and not taken:
+//! Hence:
 //!
-//! - a fixed binary state (`struct.pack`) instead of MessagePack: no faster;
+//! - one argument besides the key: the request (cost, hold, spacing, report,
+//!   `forget_after`) then the quota set, little-endian doubles read by
+//!   `struct.unpack` without parsing decimals;
+//! - the state is one string of doubles led by the set's 52-bit signature (a hash
+//!   made by the caller), read with one `struct.unpack` and written with one
+//!   `struct.pack`: 4,000 instructions where MessagePack (the set's bytes inside,
+//!   cut out and compared as a string) cost 14,000;
+//! - one pass over the quotas computes each wait and builds the new state, which a
+//!   refusal throws away: no table per quota or per window;
+//! - the answer to an admission without headers is `now` as a bare integer;
+//! - the `PX` milliseconds are a string (`redis.call` writes a number argument with
+//!   `%.17g`, as dear as the `SET` itself);
+//! - `TIME`'s strings are converted by arithmetic, not `tonumber`.
+//!
+//! An admission of one sliding quota went from 97,000 instructions to 81,000 (two
+//! sliding quotas 117,000 to 97,000, a smooth quota 95,000 to 80,000); a lease from
+//! 77,000 to 49,000 (see `lua/lease_acquire.lua`). What remains is mostly fixed: the
+//! `EVALSHA` itself, `KEYS` and `ARGV`, `TIME`, `GET` and `SET` come to about 40,000.
+//! Tried and not taken:
+//!
 //! - Redis 7 Functions (`FUNCTION LOAD` once, `FCALL`): they would save only the
-//!   closures, about 1 µs, and need Redis 7, a load on every node and again after a
-//!   restart or a flush, and a fallback for older servers;
+//!   closures, and need Redis 7, a load on every node and again after a restart or a
+//!   flush, and a fallback for older servers;
 //! - skipping `TIME`: a script has no other clock (a key's TTL gives milliseconds and
 //!   costs a command too), and the workers' clocks must not matter;
-//! - `SET … KEEPTTL` while the key's TTL is long enough (about 1 µs less): an idle
-//!   key would then outlive its `forget_after`.
+//! - `SET … KEEPTTL` while the key's TTL is long enough: an idle key would then
+//!   outlive its `forget_after`;
+//! - `PSETEX` for `SET … PX` (350 instructions fewer), and building the `usage`
+//!   closure only when headers are asked for (1,300 fewer): not worth the tangle;
+//! - several queued admissions (of different keys) in one `EVALSHA`, sharing the
+//!   `EVALSHA`, `TIME` and the closures: a prototype counted 58,000 instructions per
+//!   admission in batches of 8, 54,000 in batches of 32, against 81,000. Its scripts
+//!   would touch keys of several Cluster slots, which a proxy in front of a cluster
+//!   refuses, and every admission of a batch would share one failure; not done.
 //!
 //! ## Wait mode and fairness
 //!
@@ -154,7 +178,8 @@
 //! # Concurrency: leases
 //!
 //! A slot is a **lease** in a sorted set per key, scored by its expiry on Redis's
-//! clock. The acquire script first drops expired leases, then takes one if fewer than
+//! clock. The acquire script drops expired leases when the set looks full (below the
+//! limit, the unexpired ones are fewer still), then takes one if fewer than
 //! the limit remain. While a [`RedisPermit`] lives, the store's one background task
 //! renews all its leases every third of the [lease TTL](RedisStoreBuilder::lease_ttl)
 //! (default 10 s) in one pipeline; if the process dies, its leases expire and their
@@ -194,9 +219,9 @@
 //! # Key layout (Redis Cluster)
 //!
 //! ```text
-//! <prefix>{<hex of the key>}:q    quota state: a flat MessagePack array
-//!                                  [set, lt, cd, nr, n1, ..., n2, ...]
-//!                                  (the quota set as its signature, latest time,
+//! <prefix>{<hex of the key>}:q    quota state: little-endian doubles
+//!                                  [sig, lt, cd, nr, n1, ..., n2, ...]
+//!                                  (the quota set's signature, latest time,
 //!                                  cooldown end, next release, then per quota a
 //!                                  count and its window's numbers)
 //! <prefix>{<hex of the key>}:c    concurrency leases: sorted set, member = lease id,

@@ -102,7 +102,7 @@ fn run_case(
             prop_assert_eq!(done, 1);
         }
         let mut call = scripts.admit.key(name);
-        call.arg((&params.request(step.cost, 0, 0, true)[..], &params.set, now));
+        call.arg((&params.request(step.cost, 0, 0, true)[..], now));
         let reply: Vec<i64> = call.invoke(con).unwrap();
         match quota::check_all(quotas, &states, now, step.cost) {
             Ok(()) => {
@@ -174,6 +174,35 @@ fn the_scripts_decide_exactly_as_the_in_memory_maths() {
         .unwrap();
 }
 
+#[test]
+fn a_state_longer_than_one_unpack_decides_alike() {
+    // Sliding windows of 32 buckets, one admission per bucket: a state of more than
+    // 64 numbers, which the scripts read and write in slices.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(server) = runtime.block_on(support::RedisServer::start()) else {
+        return;
+    };
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let scripts = Scripts {
+        admit: with_fake_clock(ADMIT),
+        refund: with_fake_clock(REFUND),
+    };
+    let specs = [Spec(0, 100, 32_000_000, 1), Spec(0, 90, 31_000_000, 1)];
+    let steps: Vec<Step> = (0..80)
+        .map(|i| Step {
+            advance: if i % 2 == 0 { 1_000_000 } else { 0 },
+            cost: 1 + i % 3,
+            refund: (i % 7 == 3).then_some(i as usize),
+        })
+        .collect();
+    run_case(&mut con, &scripts, "long", &specs, &steps).unwrap();
+    let state: Vec<u8> = redis::cmd("GET").arg("long").query(&mut con).unwrap();
+    assert!(state.len() > 8 * 64, "{} bytes", state.len());
+}
+
 /// The scripts' own rules beyond the window maths, on a clock the test drives.
 struct Driven {
     con: redis::Connection,
@@ -212,8 +241,15 @@ impl Driven {
     ) -> Vec<i64> {
         let p = Params::new(quotas);
         let mut call = self.admit.key(key);
-        call.arg((&p.request(cost, hold, spacing, false)[..], &p.set, now));
-        call.invoke(&mut self.con).unwrap()
+        call.arg((&p.request(cost, hold, spacing, false)[..], now));
+        match call.invoke(&mut self.con).unwrap() {
+            // Admitted with nothing to report: `now` alone.
+            redis::Value::Int(at) => {
+                assert_eq!(at as u64, now.max(at as u64));
+                vec![1, at]
+            }
+            other => redis::from_redis_value(other).unwrap(),
+        }
     }
 
     fn cooldown(&mut self, key: &str, delay: u64, now: u64) -> i64 {
@@ -377,4 +413,98 @@ async fn foreign_data_under_a_key_fails_that_key_only() {
         .await
         .unwrap();
     admit(&store, &key, &quotas).await.unwrap();
+}
+
+#[test]
+fn a_state_that_is_not_one_of_ours_is_replaced_not_read() {
+    let Some(mut d) = Driven::start() else { return };
+    let q = one(Quota::fixed(1, Duration::from_secs(10)).unwrap());
+    let sig = f64::from_le_bytes(Params::new(&q).set[..8].try_into().unwrap());
+    let doubles =
+        |numbers: &[f64]| -> Vec<u8> { numbers.iter().flat_map(|n| n.to_le_bytes()).collect() };
+    let t = BASE - BASE % (10 * SEC);
+    // Each would refuse for a long time if it were read: a window already full, an
+    // odd count, a count past the end, a NaN time, a length not of whole doubles.
+    let full = [sig, t as f64, 0.0, 0.0, 2.0, (t / (10 * SEC)) as f64, 1.0];
+    for state in [
+        doubles(&[sig, t as f64, 0.0, 0.0, 3.0, 1.0, 1.0, 1.0]),
+        doubles(&[sig, t as f64, 0.0, 0.0, 4.0, 1.0, 1.0]),
+        doubles(&[sig, f64::NAN, 0.0, 1e30, 2.0, 1.0, 1.0]),
+        [doubles(&full), vec![0]].concat(),
+    ] {
+        let () = redis::cmd("SET")
+            .arg("foreign")
+            .arg(state)
+            .query(&mut d.con)
+            .unwrap();
+        assert_eq!(d.admit("foreign", &q, 1, 0, 0, t + SEC)[0], 1);
+    }
+    // The same numbers, well formed, are read: the window is full.
+    let () = redis::cmd("SET")
+        .arg("foreign")
+        .arg(doubles(&full))
+        .query(&mut d.con)
+        .unwrap();
+    assert_eq!(
+        d.admit("foreign", &q, 1, 0, 0, t + SEC),
+        [0, (9 * SEC) as i64, 0, 0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_leases_are_cleared_only_when_a_key_looks_full() {
+    use tollgate::key::Key;
+    use tollgate::store::{Admission, ConcurrencyStore, WaitPolicy};
+
+    let Some(server) = support::RedisServer::start().await else {
+        return;
+    };
+    let store = server.store();
+    let key = Key::from_static("dead-leases");
+    let name = crate::keys::state_key(store.prefix(), &key, b'c');
+    let mut conn = store.connection_manager().clone();
+    let count = |conn: &mut redis::aio::ConnectionManager| {
+        let mut conn = conn.clone();
+        let name = name.clone();
+        async move {
+            let all: u32 = redis::cmd("ZCARD")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let live: u32 = redis::cmd("ZCOUNT")
+                .arg(&name)
+                .arg("(1000")
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (all, live)
+        }
+    };
+    // Two leases of a worker that died long ago (expired at 1 µs and 2 µs).
+    let () = redis::cmd("ZADD")
+        .arg(&name)
+        .arg(1)
+        .arg("dead-1")
+        .arg(2)
+        .arg("dead-2")
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    async fn take(store: &crate::RedisStore, key: &Key) -> crate::RedisPermit {
+        match store.acquire(key, 3, WaitPolicy::Reject) {
+            Admission::Ready(permit) => permit,
+            Admission::Wait(wait) => wait.await.expect("a slot"),
+            Admission::Rejected(err) => panic!("refused: {err}"),
+        }
+    }
+    // Below the limit the dead leases are not even looked at.
+    let first = take(&store, &key).await;
+    assert_eq!(count(&mut conn).await, (3, 1));
+    // At the limit they are cleared, and the slot is granted.
+    let second = take(&store, &key).await;
+    assert_eq!(count(&mut conn).await, (2, 2));
+    drop((first, second));
 }

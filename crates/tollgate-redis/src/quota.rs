@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use redis::{FromRedisValue, Value};
 use tokio::time::Instant;
 use tollgate::key::Key;
 use tollgate::quota::{Quota, WindowKind};
@@ -30,9 +31,9 @@ const OPEN: u64 = LOCAL | (1 << 62);
 /// A quota set as the scripts take it: microseconds, rounded up (never more
 /// permissive than the nanosecond maths of `tollgate::quota`).
 pub(crate) struct Params {
-    /// Five numbers per quota (kind, limit, capacity, window, step) as little-endian
-    /// `f64`s (exact: all are below 2^53), which the scripts read without parsing
-    /// decimals; also the set's signature.
+    /// The set's signature, then five numbers per quota (kind, limit, capacity,
+    /// window, step), all as little-endian `f64`s (exact: all are below 2^53), which
+    /// the scripts read without parsing decimals (see `lua/windows.lua`).
     pub(crate) set: Vec<u8>,
     /// How long the state matters after an admission (µs).
     pub(crate) forget: u64,
@@ -40,7 +41,8 @@ pub(crate) struct Params {
 
 impl Params {
     pub(crate) fn new(quotas: &QuotaSet) -> Self {
-        let mut set = Vec::with_capacity(40 * quotas.len());
+        let mut set = Vec::with_capacity(8 + 40 * quotas.len());
+        set.extend_from_slice(&[0; 8]);
         let mut forget = 0;
         for quota in quotas.iter() {
             let window = micros_up(quota.window());
@@ -68,24 +70,42 @@ impl Params {
                 set.extend_from_slice(&double(n));
             }
         }
+        let sig = signature(&set[8..]);
+        set[..8].copy_from_slice(&double(sig));
         Params { set, forget }
     }
 
-    /// The admission script's request argument: cost, hold, spacing, report, forget.
-    pub(crate) fn request(&self, cost: u32, hold: u64, spacing: u64, report: bool) -> [u8; 40] {
-        let mut out = [0; 40];
-        let numbers = [
+    /// The admission script's one argument: the request (cost, hold, spacing, report,
+    /// forget), then the set.
+    pub(crate) fn request(&self, cost: u32, hold: u64, spacing: u64, report: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40 + self.set.len());
+        for n in [
             u64::from(cost),
             hold,
             spacing,
             u64::from(report),
             self.forget,
-        ];
-        for (chunk, n) in out.chunks_exact_mut(8).zip(numbers) {
-            chunk.copy_from_slice(&double(n));
+        ] {
+            out.extend_from_slice(&double(n));
         }
+        out.extend_from_slice(&self.set);
         out
     }
+}
+
+/// A quota set's signature in a key's state: a 52-bit FNV-1a hash of its quotas'
+/// bytes, never 0 (a state made by a cooldown alone has signature 0), exact as an
+/// `f64`. Stored in place of the set's own bytes, which the script would have to cut
+/// out of the state and compare as a string on every admission (see
+/// `lua/windows.lua`). Two different sets used on one key collide with probability
+/// 2^-52; the set's windows would then be read as the other's.
+fn signature(quotas: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in quotas {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash >> 12) | 1
 }
 
 /// `n` as the little-endian double Lua's `struct.unpack('<d')` reads (exact below
@@ -143,8 +163,18 @@ impl RedisStore {
         let request = req
             .params
             .request(req.cost, shared.hold(&req.name), spacing, req.report);
-        let args = (&request[..], &req.params.set[..]);
-        let reply: Vec<i64> = shared.eval(&SCRIPTS.admit, &req.name, args).await?;
+        let reply: Value = shared.eval(&SCRIPTS.admit, &req.name, &request[..]).await?;
+        let reply: Vec<i64> = match reply {
+            // Admitted, nothing reported: the script answers `now` alone.
+            Value::Int(now) => {
+                let at = now.max(0) as u64;
+                return Ok(Reply::Admitted(QuotaGrant::new(
+                    at.saturating_mul(1000),
+                    req.cost,
+                )));
+            }
+            other => Vec::from_redis_value(other).map_err(|err| StoreFailure::Redis(err.into()))?,
+        };
         let num = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok(match reply.first() {
             Some(1) => {
@@ -434,14 +464,29 @@ mod tests {
             .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as u64)
             .collect();
         assert_eq!(
-            numbers,
+            numbers[1..],
             [
                 1, 35, 35, 60_000_000, 1_875_000, 3, 3, 2, 1_000_000, 333_334, 2, 5, 5, 1_001,
                 1_001
             ]
         );
+        // The signature: 52 bits, odd, exact as a double, and the set's own.
+        let sig = numbers[0];
+        assert_eq!(sig, signature(&p.set[8..]));
+        assert!(sig % 2 == 1 && sig < 1 << 52);
+        assert_eq!(
+            f64::from_le_bytes(p.set[..8].try_into().unwrap()),
+            sig as f64
+        );
+        let other = Params::new(&QuotaSet::from(
+            Quota::sliding(36, Duration::from_secs(60)).unwrap(),
+        ));
+        assert_ne!(other.set[..8], p.set[..8]);
         assert_eq!(p.forget, 61_875_000);
-        assert_eq!(p.request(2, 0, 7, true)[16..24], 7f64.to_le_bytes());
+        // The request, then the set.
+        let request = p.request(2, 0, 7, true);
+        assert_eq!(request[16..24], 7f64.to_le_bytes());
+        assert_eq!(request[40..], p.set[..]);
     }
 
     #[test]

@@ -1,16 +1,31 @@
--- Takes a concurrency lease if fewer than ARGV[1] unexpired leases are held.
+-- Takes a concurrency lease if fewer than `limit` unexpired leases are held.
 --
 -- KEYS[1]  the key's leases: a sorted set, member = lease id, score = expiry (Redis µs)
--- ARGV[1]  limit, ARGV[2] the new lease's id, ARGV[3] its TTL in microseconds
+-- ARGV[1]  the new lease's id
+-- ARGV[2]  limit and the lease's TTL in microseconds, two little-endian doubles
+-- ARGV[3]  the key's TTL in milliseconds, as a decimal string (the lease's, plus 1)
 --
--- Returns {1, 0} when taken, {0, µs until the earliest lease expires} when full.
-local real = clock()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', real))
-local ttl = tonumber(ARGV[3])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], string.format('%.0f', real + ttl), ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1)
-  return {1, 0}
+-- Returns 0 when taken, else the microseconds until the earliest lease expires (>= 1).
+--
+-- Expired leases (of a worker that died, or could not renew) are removed only when
+-- the set looks full: below the limit, the unexpired ones are fewer still, so the
+-- lease is granted without looking at scores. A key then keeps at most `limit` dead
+-- leases until one acquisition finds it full or the key expires. This saves a
+-- ZREMRANGEBYSCORE, and with it a number formatted as a string, on every acquisition:
+-- counted with callgrind on redis-server 7.0, each redis.call costs 4,000 to 7,000
+-- instructions and each string.format('%.0f') about 5,000, where the whole of an
+-- EVALSHA of `return 1` costs 12,000.
+local t = redis.call('TIME')
+local real = t[1] * 1000000 + t[2]
+local limit, ttl = struct.unpack('<dd', ARGV[2])
+local held = redis.call('ZCARD', KEYS[1])
+if held >= limit then
+  held = held - redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', real))
+end
+if held < limit then
+  redis.call('ZADD', KEYS[1], string.format('%d', real + ttl), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 0
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(first[2]) - real)}
+return math.max(1, first[2] - real)

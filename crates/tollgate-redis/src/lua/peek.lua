@@ -12,15 +12,15 @@ local s = load(KEYS[1])
 local lt, cd = 0, 0
 if s then
   lt, cd = s[2], s[3]
-  if s[1] ~= set then
+  if s[1] ~= sunpack('<d', set) then
     s = nil
   end
 end
 local now = max(real, lt)
 local out = {leases, max(0, cd - real)}
 local p = 5
-for i = 0, #set / 40 - 1 do
-  local kind, limit, cap, window, step = struct.unpack('<ddddd', set, 40 * i + 1)
+for i = 0, (#set - 8) / 40 - 1 do
+  local kind, limit, cap, window, step = sunpack('<ddddd', set, 40 * i + 9)
   local c = 0
   if s then
     c = s[p] or 0

@@ -8,14 +8,14 @@
 -- A refund changes numbers in place, never the size of a window.
 local s = load(KEYS[1])
 local set = ARGV[3]
-if not s or s[1] ~= set then
+if not s or s[1] ~= sunpack('<d', set) then
   return 0
 end
 local now = max(clock(), s[2])
 local at, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
 local p = 5
-for i = 0, #set / 40 - 1 do
-  local kind, _, _, window, step = struct.unpack('<ddddd', set, 40 * i + 1)
+for i = 0, (#set - 8) / 40 - 1 do
+  local kind, _, _, window, step = sunpack('<ddddd', set, 40 * i + 9)
   local c = s[p] or 0
   -- As WindowState::refund does.
   if kind == 1 then
@@ -36,5 +36,5 @@ for i = 0, #set / 40 - 1 do
   end
   p = p + c + 1
 end
-redis.call('SET', KEYS[1], cmsgpack.pack(s), 'KEEPTTL')
+redis.call('SET', KEYS[1], encode(s, #s), 'KEEPTTL')
 return 1
