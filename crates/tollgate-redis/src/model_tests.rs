@@ -287,7 +287,10 @@ fn a_cooldown_before_any_admission_survives_the_first_admission() {
     let Some(mut d) = Driven::start() else { return };
     let q = one(Quota::sliding(5, Duration::from_secs(1)).unwrap());
     assert_eq!(d.cooldown("cool", 3 * SEC, BASE), (3 * SEC) as i64);
-    assert!(d.pttl("cool") >= 3000);
+    // The state lives as long as the cooldown (3,001 ms set); the TTL counts down on
+    // Redis's real clock from then, so a loaded machine may read a few ms less.
+    let ttl = d.pttl("cool");
+    assert!((2_900..=3_001).contains(&ttl), "PTTL {ttl} ms");
     // Refused as throttled (flag 1), with the exact rest of the cooldown.
     assert_eq!(
         d.admit("cool", &q, 1, 0, 0, BASE + SEC),
