@@ -76,12 +76,18 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
 }
 
 /// The key under which a class of a key keeps its state.
+#[inline]
 pub(super) fn state_key(key: Key, class: &'static str) -> Result<Key, Error> {
     if class.is_empty() {
         return Ok(key);
     }
+    class_key(&key, class)
+}
+
+/// [`state_key`] of a named class: the key and the class, composed.
+fn class_key(key: &Key, class: &'static str) -> Result<Key, Error> {
     let class = Key::new(class).map_err(Error::from_key_error)?;
-    Key::compose(&[&key, &class]).map_err(Error::from_key_error)
+    Key::compose(&[key, &class]).map_err(Error::from_key_error)
 }
 
 impl<S: Clone, X, C, St, O> Clone for QuotaWindow<S, X, C, St, O> {

@@ -66,6 +66,30 @@ pub fn check_all(
     denied.map_or(Ok(()), Err)
 }
 
+/// The hot path of [`admit_all`]: admits `cost` at `now` and returns `true` when every
+/// window's [`fits_now`](WindowState::fits_now) says it fits; otherwise changes nothing
+/// and returns `false`, and the caller asks [`check_all`] for the exact answer.
+#[inline]
+pub(crate) fn admit_all_now(
+    quotas: &[Quota],
+    states: &mut [WindowState],
+    now: u64,
+    cost: u32,
+) -> bool {
+    if quotas.len() != states.len()
+        || !quotas
+            .iter()
+            .zip(&*states)
+            .all(|(quota, state)| state.fits_now(quota, now, cost))
+    {
+        return false;
+    }
+    for (quota, state) in quotas.iter().zip(states) {
+        state.commit(quota, now, cost);
+    }
+    true
+}
+
 /// Records an admission of `cost` units at `now` in every window; meant to follow a
 /// successful [`check_all`] at the same `now`.
 pub fn commit_all(quotas: &[Quota], states: &mut [WindowState], now: u64, cost: u32) {
