@@ -226,6 +226,9 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: QuotaStore,
 {
+    /// The general path: waiting, rejected, or an inner error. The hot path (an
+    /// admitted request whose inner future answers) is in each output's `poll`.
+    #[inline(never)]
     fn poll_inner(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -302,6 +305,7 @@ where
 
     /// Gives the quota back when a layer further in answered with its own rejection,
     /// and adds the `RateLimit` headers of an admitted request.
+    #[inline]
     fn finish_response(
         quotas: Option<&QuotaSet>,
         report: Option<&QuotaGrant>,
@@ -311,6 +315,24 @@ where
         response: &mut Response<ResBody>,
     ) {
         let Some(quotas) = quotas else { return };
+        // A response without extensions carries neither a throttle signal nor a local
+        // rejection: one test instead of two map lookups.
+        if !response.extensions().is_empty() {
+            Self::read_extensions(quotas, obey, refund, response);
+        }
+        if let Some(grant) = report {
+            Self::add_headers(quotas, grant, x_ratelimit, response);
+        }
+    }
+
+    /// Obeys a throttle signal on the response, and refunds a local rejection.
+    #[inline(never)]
+    fn read_extensions(
+        quotas: &QuotaSet,
+        obey: ObeyThrottles,
+        refund: Option<Refund<St>>,
+        response: &Response<ResBody>,
+    ) {
         if let (Some(throttle), Some(refund)) = (response.extensions().get::<Throttle>(), &refund) {
             refund.obey(throttle, obey);
         }
@@ -321,19 +343,27 @@ where
         if let (true, Some(refund)) = (local, refund) {
             refund.give_back(quotas);
         }
-        if let Some(grant) = report {
-            let mut usage = [(0, QuotaUsage::default()); QuotaSet::MAX];
-            let reported = grant.usage().len();
-            for (index, (slot, used)) in usage.iter_mut().zip(grant.usage()).enumerate() {
-                *slot = (index, *used);
-            }
-            headers::insert(
-                response.headers_mut(),
-                quotas,
-                &usage[..reported],
-                x_ratelimit,
-            );
+    }
+
+    /// The `RateLimit` headers of an admitted request.
+    #[inline(never)]
+    fn add_headers(
+        quotas: &QuotaSet,
+        grant: &QuotaGrant,
+        x_ratelimit: bool,
+        response: &mut Response<ResBody>,
+    ) {
+        let mut usage = [(0, QuotaUsage::default()); QuotaSet::MAX];
+        let reported = grant.usage().len();
+        for (index, (slot, used)) in usage.iter_mut().zip(grant.usage()).enumerate() {
+            *slot = (index, *used);
         }
+        headers::insert(
+            response.headers_mut(),
+            quotas,
+            &usage[..reported],
+            x_ratelimit,
+        );
     }
 }
 
@@ -358,6 +388,23 @@ fn refusal_headers<B>(
     headers::insert(response.headers_mut(), quotas, &usage, x_ratelimit);
 }
 
+/// An error of the inner service, in reject-as-error mode: a local rejection further in
+/// (the request never left) gives its quota back.
+#[inline(never)]
+fn inner_error<St: QuotaStore>(
+    err: BoxError,
+    refund: Option<Refund<St>>,
+    quotas: Option<&QuotaSet>,
+) -> BoxError {
+    let local = err
+        .downcast_ref::<Error>()
+        .is_some_and(|e| e.kind().never_sent());
+    if let (true, Some(refund), Some(quotas)) = (local, refund, quotas) {
+        refund.give_back(quotas);
+    }
+    err
+}
+
 impl<S, ReqBody, St, ResBody> Future for ResponseFuture<S, Request<ReqBody>, St, Throw>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -367,19 +414,33 @@ where
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The hot path, without the general one's detour through `Outcome` (every
+        // wrapping of the response is a copy of it): an admitted request calling.
+        let this = self.as_mut().project();
+        if let StateProj::Calling { future, refund } = this.state.project() {
+            let result = ready!(future.poll(cx));
+            let refund = refund.take();
+            return Poll::Ready(match result {
+                Ok(mut response) => {
+                    Self::finish_response(
+                        this.quotas.as_ref(),
+                        this.report.as_deref(),
+                        *this.x_ratelimit,
+                        *this.obey,
+                        refund,
+                        &mut response,
+                    );
+                    Ok(response)
+                }
+                Err(err) => Err(inner_error(err.into(), refund, this.quotas.as_ref())),
+            });
+        }
         let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {
             Ok(response) => Ok(response),
             Err((Failure::Inner(err), refund)) => {
-                let err: BoxError = err.into();
-                let local = err
-                    .downcast_ref::<Error>()
-                    .is_some_and(|e| e.kind().never_sent());
-                if let (true, Some(refund), Some(quotas)) = (local, refund, this.quotas.as_ref()) {
-                    refund.give_back(quotas);
-                }
-                Err(err)
+                Err(inner_error(err.into(), refund, this.quotas.as_ref()))
             }
             Err((Failure::Rejected(err), _)) => Err(Box::new(err)),
         })
@@ -394,6 +455,26 @@ where
     type Output = Result<Response<ResponseBody<ResBody, ()>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The hot path, as for `Throw`.
+        let this = self.as_mut().project();
+        if let StateProj::Calling { future, refund } = this.state.project() {
+            let result = ready!(future.poll(cx));
+            let refund = refund.take();
+            return Poll::Ready(match result {
+                Ok(mut response) => {
+                    Self::finish_response(
+                        this.quotas.as_ref(),
+                        this.report.as_deref(),
+                        *this.x_ratelimit,
+                        *this.obey,
+                        refund,
+                        &mut response,
+                    );
+                    Ok(response.map(|body| ResponseBody::new(body, None)))
+                }
+                Err(err) => Err(err),
+            });
+        }
         let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {

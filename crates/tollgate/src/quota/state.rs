@@ -179,7 +179,7 @@ impl WindowState {
     /// Without one, it records a forced admission (a request that went out anyway):
     /// counts saturate instead of overflowing, and the window then refuses until the
     /// excess has expired.
-    #[inline]
+    #[inline(always)]
     pub fn commit(&mut self, quota: &Quota, now: u64, cost: u32) {
         if cost == 0 {
             return;

@@ -76,6 +76,14 @@ pub(crate) fn admit_all_now(
     now: u64,
     cost: u32,
 ) -> bool {
+    // One quota, the common case: no iterators.
+    if let ([quota], [state]) = (quotas, &mut *states) {
+        if !state.fits_now(quota, now, cost) {
+            return false;
+        }
+        state.commit(quota, now, cost);
+        return true;
+    }
     if quotas.len() != states.len()
         || !quotas
             .iter()
