@@ -309,6 +309,19 @@ where
     ) {
         // A response without extensions carries neither a throttle signal nor a local
         // rejection: one test instead of two map lookups.
+        if report.is_some() || !response.extensions().is_empty() {
+            Self::finish_slow(core, own_quotas, report, refund, response);
+        }
+    }
+
+    #[inline(never)]
+    fn finish_slow(
+        core: &Core<St>,
+        own_quotas: Option<&QuotaSet>,
+        report: Option<&QuotaGrant>,
+        refund: &mut Option<Refund>,
+        response: &mut Response<ResBody>,
+    ) {
         if !response.extensions().is_empty() {
             Self::read_extensions(core, own_quotas, refund.take(), response);
         }
@@ -411,9 +424,8 @@ where
         // wrapping of the response is a copy of it): an admitted request calling.
         let this = self.as_mut().project();
         if let StateProj::Calling { future, refund } = this.state.project() {
-            let result = ready!(future.poll(cx));
-            return Poll::Ready(match result {
-                Ok(mut response) => {
+            return match future.poll(cx) {
+                Poll::Ready(Ok(mut response)) => {
                     Self::finish_response(
                         this.core,
                         this.quotas.as_ref(),
@@ -421,15 +433,16 @@ where
                         refund,
                         &mut response,
                     );
-                    Ok(response)
+                    Poll::Ready(Ok(response))
                 }
-                Err(err) => Err(inner_error(
+                Poll::Ready(Err(err)) => Poll::Ready(Err(inner_error(
                     err.into(),
                     refund.take(),
                     this.core,
                     this.quotas.as_ref(),
-                )),
-            });
+                ))),
+                Poll::Pending => Poll::Pending,
+            };
         }
         let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();

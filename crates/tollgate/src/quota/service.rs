@@ -15,7 +15,7 @@ use crate::Error;
 use crate::body::ResponseBody;
 use crate::key::{Key, KeyExtractor};
 use crate::reject::{BoxError, Respond, Throw};
-use crate::store::{Admission, MemoryStore, QuotaAsk, QuotaStore};
+use crate::store::{Admission, MemoryStore, QuotaAsk, QuotaStore, WaitPolicy};
 
 /// Keeps each key inside its quota windows; see the [module docs](super).
 pub struct QuotaWindow<S, X, C = (), St = MemoryStore, O = Throw> {
@@ -182,11 +182,18 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
             Ok(key) => key,
             Err(err) => return ResponseFuture::rejected(err, None, core),
         };
-        let mut ask = QuotaAsk::new(quotas, cost).report(core.report);
-        if let crate::store::WaitPolicy::Queue { max_queue } = config.policy {
-            let spacing = config.spacing.unwrap_or_else(|| quotas.release_spacing());
-            ask = ask.wait(max_queue, config.max_wait, spacing);
-        }
+        // Built in one go (the builder's defaults, then overwritten, cost stores).
+        let ask = match config.policy {
+            WaitPolicy::Queue { .. } => QuotaAsk {
+                quotas,
+                cost,
+                policy: config.policy,
+                max_wait: config.max_wait,
+                spacing: config.spacing.unwrap_or_else(|| quotas.release_spacing()),
+                report: core.report,
+            },
+            WaitPolicy::Reject => QuotaAsk::new(quotas, cost).report(core.report),
+        };
         match core.store.admit(&key, &ask) {
             Admission::Ready(grant) => {
                 tracing::trace!(target: "tollgate::quota", key = %key.id(), class, cost, decision = "admitted");

@@ -253,6 +253,13 @@ mod tests {
                     }
                 }
                 let before = states.clone();
+                // The stores' hot path: when it admits, `admit_all` admits too, to the
+                // same states; when it declines, it has changed nothing.
+                let mut fast = states.clone();
+                let fast_admitted = admit_all_now(&quotas, &mut fast, now, step.cost);
+                if !fast_admitted {
+                    prop_assert_eq!(&fast, &before);
+                }
                 let single: Vec<_> = quotas
                     .iter()
                     .zip(&states)
@@ -261,9 +268,13 @@ mod tests {
                 match admit_all(&quotas, &mut states, now, step.cost) {
                     Ok(()) => {
                         prop_assert!(single.iter().all(Result::is_ok));
+                        if fast_admitted {
+                            prop_assert_eq!(&fast, &states);
+                        }
                         admitted.push((now, step.cost));
                     }
                     Err(denied) => {
+                        prop_assert!(!fast_admitted, "the hot path admitted a refusal");
                         last_wait = Some(denied.wait());
                         prop_assert_eq!(&states, &before);
                         let longest = single.iter().filter_map(|r| r.err()).max().unwrap();
