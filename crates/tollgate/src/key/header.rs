@@ -87,8 +87,15 @@ impl<B> KeyExtractor<Request<B>> for Header {
 }
 
 /// `bytes` without leading and trailing optional whitespace (spaces and tabs).
+#[inline]
 pub(super) fn trim_ows(bytes: &[u8]) -> &[u8] {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    // Values parsed off the wire never start or end with whitespace (the parser drops
+    // it): two byte tests, and the scans below only for values built otherwise.
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) if !is_ows(first) && !is_ows(last) => return bytes,
+        _ => {}
+    }
     let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
     let end = bytes
         .iter()

@@ -61,6 +61,17 @@ impl Fixed {
         }
     }
 
+    /// Whether `cost ≤ limit` units fit at `now` in the newest window seen (or a later
+    /// one): `true` means `earliest(now) == now`; `false` means "ask `earliest`" (a
+    /// `now` in an older window is left to it).
+    #[inline]
+    pub(super) fn fits_now(&self, quota: &Quota, now: u64, cost: u32) -> bool {
+        let at = now / quota.window_nanos();
+        at > self.window
+            || (at == self.window
+                && u64::from(self.current) + u64::from(cost) <= u64::from(quota.limit()))
+    }
+
     pub(super) fn remaining(&self, quota: &Quota, now: u64) -> u32 {
         let at = now / quota.window_nanos();
         let used = if at > self.window {
@@ -75,6 +86,7 @@ impl Fixed {
         quota.limit().saturating_sub(used)
     }
 
+    #[inline]
     pub(super) fn commit(&mut self, quota: &Quota, now: u64, cost: u32) {
         let at = now / quota.window_nanos();
         if at > self.window {

@@ -4,16 +4,17 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::headers;
-use super::layer::Config;
+use super::layer::Core;
 use super::{ObeyThrottles, QuotaDecision};
 use crate::body::ResponseBody;
 use crate::classify::{Throttle, ThrottleScope};
@@ -22,18 +23,17 @@ use crate::reject::{BoxError, Failure, Respond, Throw, rejection_response};
 use crate::store::{QuotaGrant, QuotaSet, QuotaStore, QuotaUsage};
 use crate::{Error, ErrorKind};
 
-/// What to give back if the request turns out never to have been sent.
-pub(super) struct Refund<St> {
-    store: St,
+/// What to give back if the request turns out never to have been sent (to the store
+/// of the layer's [`Core`], which the future holds).
+pub(super) struct Refund {
     key: Key,
     admitted_at: u64,
     cost: u32,
 }
 
-impl<St: QuotaStore> Refund<St> {
-    pub(super) fn new(store: St, key: Key, grant: &QuotaGrant) -> Self {
+impl Refund {
+    pub(super) fn new(key: Key, grant: &QuotaGrant) -> Self {
         Refund {
-            store,
             key,
             admitted_at: grant.admitted_at(),
             cost: grant.cost(),
@@ -42,7 +42,7 @@ impl<St: QuotaStore> Refund<St> {
 
     /// Obeys a server's throttle signal found on the response: no request of this key
     /// (or, for a global signal, of any key) is admitted until the server's hint.
-    fn obey(&self, throttle: &Throttle, obey: ObeyThrottles) {
+    fn obey<St: QuotaStore>(&self, store: &St, throttle: &Throttle, obey: ObeyThrottles) {
         let global = throttle.scope() == ThrottleScope::Global;
         match obey {
             ObeyThrottles::Ignore => return,
@@ -55,17 +55,17 @@ impl<St: QuotaStore> Refund<St> {
         let until = Instant::now() + after + cooldown_jitter(after);
         tracing::debug!(target: "tollgate::quota", key = %self.key.id(), decision = "cooldown", scope = ?throttle.scope(), source = ?throttle.source(), wait = ?after);
         match throttle.scope() {
-            ThrottleScope::Global => self.store.cooldown_all(until),
+            ThrottleScope::Global => store.cooldown_all(until),
             // A signal of unknown scope came on this key's response: this key waits
             // (pausing every key on a guess would stall unrelated work).
-            _ => self.store.cooldown(&self.key, until),
+            _ => store.cooldown(&self.key, until),
         }
     }
 
-    fn give_back(self, quotas: &QuotaSet) {
+    fn give_back<St: QuotaStore>(self, store: &St, quotas: &QuotaSet) {
         tracing::debug!(target: "tollgate::quota", key = %self.key.id(), decision = "refund", cost = self.cost);
         let grant = QuotaGrant::new(self.admitted_at, self.cost);
-        self.store.refund(&self.key, quotas, &grant);
+        store.refund(&self.key, quotas, &grant);
     }
 }
 
@@ -84,7 +84,7 @@ pub(super) const MAX_COOLDOWN_JITTER: Duration = Duration::from_secs(1);
 
 pin_project! {
     /// A request waiting in a key's quota queue; boxed, as the slow path.
-    pub(super) struct Waiting<S, R, A, St> {
+    pub(super) struct Waiting<S, R, A> {
         #[pin]
         acquire: A,
         #[pin]
@@ -93,11 +93,10 @@ pin_project! {
         request: Option<R>,
         key: Key,
         class: &'static str,
-        store: St,
     }
 }
 
-impl<S, R, A, St: Clone> Waiting<S, R, A, St> {
+impl<S, R, A> Waiting<S, R, A> {
     pub(super) fn new(
         acquire: A,
         deadline: Instant,
@@ -105,7 +104,6 @@ impl<S, R, A, St: Clone> Waiting<S, R, A, St> {
         request: R,
         key: Key,
         class: &'static str,
-        store: &St,
     ) -> Self {
         Waiting {
             acquire,
@@ -114,7 +112,6 @@ impl<S, R, A, St: Clone> Waiting<S, R, A, St> {
             request: Some(request),
             key,
             class,
-            store: store.clone(),
         }
     }
 }
@@ -131,27 +128,26 @@ pin_project! {
         St: QuotaStore,
     {
         #[pin]
-        state: State<S, R, S::Future, St::Acquire, St>,
+        state: State<S, R, S::Future, St::Acquire>,
+        // The store, the layer's quotas and its settings, behind one reference count.
+        core: Arc<Core<St>>,
+        // The key's own quotas, when a resolver gave it some; else the layer's.
         quotas: Option<QuotaSet>,
         report: Option<Box<QuotaGrant>>,
-        report_on: bool,
-        obey: ObeyThrottles,
-        x_ratelimit: bool,
-        status: StatusCode,
         _output: PhantomData<fn() -> O>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, R, F, A, St> {
+    enum State<S, R, F, A> {
         Waiting {
-            wait: Pin<Box<Waiting<S, R, A, St>>>,
+            wait: Pin<Box<Waiting<S, R, A>>>,
         },
         Calling {
             #[pin]
             future: F,
-            refund: Option<Refund<St>>,
+            refund: Option<Refund>,
         },
         Rejected {
             error: Option<Error>,
@@ -164,72 +160,73 @@ where
     S: Service<R>,
     St: QuotaStore,
 {
-    fn with_state<X, C>(
-        state: State<S, R, S::Future, St::Acquire, St>,
+    fn with_state(
+        state: State<S, R, S::Future, St::Acquire>,
+        core: &Arc<Core<St>>,
         quotas: Option<QuotaSet>,
         report: Option<Box<QuotaGrant>>,
-        config: &Config<X, C, St>,
     ) -> Self {
         ResponseFuture {
             state,
+            core: Arc::clone(core),
             quotas,
             report,
-            report_on: config.report,
-            obey: config.obey,
-            x_ratelimit: config.x_ratelimit,
-            status: config.status,
             _output: PhantomData,
         }
     }
 
-    pub(super) fn calling<X, C>(
+    /// `own_quotas`: the key's own set, when a resolver gave one (else the layer's
+    /// applies).
+    pub(super) fn calling(
         future: S::Future,
-        refund: Refund<St>,
+        refund: Refund,
         report: Option<Box<QuotaGrant>>,
-        quotas: QuotaSet,
-        config: &Config<X, C, St>,
+        own_quotas: Option<QuotaSet>,
+        core: &Arc<Core<St>>,
     ) -> Self {
         let state = State::Calling {
             future,
             refund: Some(refund),
         };
-        Self::with_state(state, Some(quotas), report, config)
+        Self::with_state(state, core, own_quotas, report)
     }
 
-    pub(super) fn waiting<X, C>(
-        wait: Waiting<S, R, St::Acquire, St>,
-        quotas: QuotaSet,
-        config: &Config<X, C, St>,
+    pub(super) fn waiting(
+        wait: Waiting<S, R, St::Acquire>,
+        own_quotas: Option<QuotaSet>,
+        core: &Arc<Core<St>>,
     ) -> Self {
         let state = State::Waiting {
             wait: Box::pin(wait),
         };
-        Self::with_state(state, Some(quotas), None, config)
+        Self::with_state(state, core, own_quotas, None)
     }
 
-    pub(super) fn rejected<X, C>(
+    /// A refusal's `RateLimit` headers name the quota that refused, which only a
+    /// store's refusal carries: a request refused before (no key) gets none.
+    pub(super) fn rejected(
         error: Error,
-        quotas: Option<QuotaSet>,
-        config: &Config<X, C, St>,
+        own_quotas: Option<QuotaSet>,
+        core: &Arc<Core<St>>,
     ) -> Self {
         let state = State::Rejected { error: Some(error) };
-        Self::with_state(state, quotas, None, config)
+        Self::with_state(state, core, own_quotas, None)
     }
 }
 
 /// How the inner part of the future ended, before the output type is applied: a
 /// finished response, or a failure with what to refund if it was a local rejection.
-type Outcome<ResBody, E, St> = Result<Response<ResBody>, (Failure<E>, Option<Refund<St>>)>;
+type Outcome<ResBody, E> = Result<Response<ResBody>, (Failure<E>, Option<Refund>)>;
 
 impl<S, ReqBody, St, O, ResBody> ResponseFuture<S, Request<ReqBody>, St, O>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: QuotaStore,
 {
-    fn poll_inner(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Outcome<ResBody, S::Error, St>> {
+    /// The general path: waiting, rejected, or an inner error. The hot path (an
+    /// admitted request whose inner future answers) is in each output's `poll`.
+    #[inline(never)]
+    fn poll_inner(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<ResBody, S::Error>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -238,19 +235,18 @@ where
                     match w.acquire.poll(cx) {
                         Poll::Ready(Ok(grant)) => {
                             let mut request = w.request.take().expect("request taken once");
-                            if *this.report_on {
-                                if let Some(quotas) = this.quotas.as_ref() {
-                                    let decision = QuotaDecision::new(
-                                        w.key.id(),
-                                        w.class,
-                                        quotas.clone(),
-                                        grant.clone(),
-                                    );
-                                    request.extensions_mut().insert(decision);
-                                }
+                            if this.core.report {
+                                let quotas = this.quotas.as_ref().unwrap_or(&this.core.quotas);
+                                let decision = QuotaDecision::new(
+                                    w.key.id(),
+                                    w.class,
+                                    quotas.clone(),
+                                    grant.clone(),
+                                );
+                                request.extensions_mut().insert(decision);
                                 *this.report = Some(Box::new(grant.clone()));
                             }
-                            let refund = Refund::new(w.store.clone(), w.key.clone(), &grant);
+                            let refund = Refund::new(w.key.clone(), &grant);
                             let mut service = w.service.take().expect("service taken once");
                             let future = service.call(request);
                             this.state.set(State::Calling {
@@ -274,20 +270,18 @@ where
                 }
                 StateProj::Calling { future, refund } => {
                     let result = ready!(future.poll(cx));
-                    let refund = refund.take();
                     return Poll::Ready(match result {
                         Ok(mut response) => {
                             Self::finish_response(
+                                this.core,
                                 this.quotas.as_ref(),
                                 this.report.as_deref(),
-                                *this.x_ratelimit,
-                                *this.obey,
                                 refund,
                                 &mut response,
                             );
                             Ok(response)
                         }
-                        Err(err) => Err((Failure::Inner(err), refund)),
+                        Err(err) => Err((Failure::Inner(err), refund.take())),
                     });
                 }
                 StateProj::Rejected { error } => {
@@ -302,50 +296,91 @@ where
 
     /// Gives the quota back when a layer further in answered with its own rejection,
     /// and adds the `RateLimit` headers of an admitted request.
+    ///
+    /// The refund is left in place unless used (moving it out on every response costs
+    /// a copy and a drop); a finished future is not polled again.
+    #[inline]
     fn finish_response(
-        quotas: Option<&QuotaSet>,
+        core: &Core<St>,
+        own_quotas: Option<&QuotaSet>,
         report: Option<&QuotaGrant>,
-        x_ratelimit: bool,
-        obey: ObeyThrottles,
-        refund: Option<Refund<St>>,
+        refund: &mut Option<Refund>,
         response: &mut Response<ResBody>,
     ) {
-        let Some(quotas) = quotas else { return };
+        // A response without extensions carries neither a throttle signal nor a local
+        // rejection: one test instead of two map lookups.
+        if report.is_some() || !response.extensions().is_empty() {
+            Self::finish_slow(core, own_quotas, report, refund, response);
+        }
+    }
+
+    #[inline(never)]
+    fn finish_slow(
+        core: &Core<St>,
+        own_quotas: Option<&QuotaSet>,
+        report: Option<&QuotaGrant>,
+        refund: &mut Option<Refund>,
+        response: &mut Response<ResBody>,
+    ) {
+        if !response.extensions().is_empty() {
+            Self::read_extensions(core, own_quotas, refund.take(), response);
+        }
+        if let Some(grant) = report {
+            let quotas = own_quotas.unwrap_or(&core.quotas);
+            Self::add_headers(quotas, grant, core.x_ratelimit, response);
+        }
+    }
+
+    /// Obeys a throttle signal on the response, and refunds a local rejection.
+    #[inline(never)]
+    fn read_extensions(
+        core: &Core<St>,
+        own_quotas: Option<&QuotaSet>,
+        refund: Option<Refund>,
+        response: &Response<ResBody>,
+    ) {
         if let (Some(throttle), Some(refund)) = (response.extensions().get::<Throttle>(), &refund) {
-            refund.obey(throttle, obey);
+            refund.obey(&core.store, throttle, core.obey);
         }
         let local = response
             .extensions()
             .get::<Error>()
             .is_some_and(|e| e.kind().never_sent());
         if let (true, Some(refund)) = (local, refund) {
-            refund.give_back(quotas);
+            refund.give_back(&core.store, own_quotas.unwrap_or(&core.quotas));
         }
-        if let Some(grant) = report {
-            let mut usage = [(0, QuotaUsage::default()); QuotaSet::MAX];
-            let reported = grant.usage().len();
-            for (index, (slot, used)) in usage.iter_mut().zip(grant.usage()).enumerate() {
-                *slot = (index, *used);
-            }
-            headers::insert(
-                response.headers_mut(),
-                quotas,
-                &usage[..reported],
-                x_ratelimit,
-            );
+    }
+
+    /// The `RateLimit` headers of an admitted request.
+    #[inline(never)]
+    fn add_headers(
+        quotas: &QuotaSet,
+        grant: &QuotaGrant,
+        x_ratelimit: bool,
+        response: &mut Response<ResBody>,
+    ) {
+        let mut usage = [(0, QuotaUsage::default()); QuotaSet::MAX];
+        let reported = grant.usage().len();
+        for (index, (slot, used)) in usage.iter_mut().zip(grant.usage()).enumerate() {
+            *slot = (index, *used);
         }
+        headers::insert(
+            response.headers_mut(),
+            quotas,
+            &usage[..reported],
+            x_ratelimit,
+        );
     }
 }
 
 /// Adds the `RateLimit` headers of a refusal by one quota.
 fn refusal_headers<B>(
     response: &mut Response<B>,
-    quotas: Option<&QuotaSet>,
+    quotas: &QuotaSet,
     err: &Error,
     x_ratelimit: bool,
 ) {
-    let (Some(quotas), Some(index), Some(after)) = (quotas, err.quota_index(), err.retry_after())
-    else {
+    let (Some(index), Some(after)) = (err.quota_index(), err.retry_after()) else {
         return;
     };
     let usage = [(
@@ -358,6 +393,24 @@ fn refusal_headers<B>(
     headers::insert(response.headers_mut(), quotas, &usage, x_ratelimit);
 }
 
+/// An error of the inner service, in reject-as-error mode: a local rejection further in
+/// (the request never left) gives its quota back.
+#[inline(never)]
+fn inner_error<St: QuotaStore>(
+    err: BoxError,
+    refund: Option<Refund>,
+    core: &Core<St>,
+    own_quotas: Option<&QuotaSet>,
+) -> BoxError {
+    let local = err
+        .downcast_ref::<Error>()
+        .is_some_and(|e| e.kind().never_sent());
+    if let (true, Some(refund)) = (local, refund) {
+        refund.give_back(&core.store, own_quotas.unwrap_or(&core.quotas));
+    }
+    err
+}
+
 impl<S, ReqBody, St, ResBody> Future for ResponseFuture<S, Request<ReqBody>, St, Throw>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -367,20 +420,40 @@ where
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The hot path, without the general one's detour through `Outcome` (every
+        // wrapping of the response is a copy of it): an admitted request calling.
+        let this = self.as_mut().project();
+        if let StateProj::Calling { future, refund } = this.state.project() {
+            return match future.poll(cx) {
+                Poll::Ready(Ok(mut response)) => {
+                    Self::finish_response(
+                        this.core,
+                        this.quotas.as_ref(),
+                        this.report.as_deref(),
+                        refund,
+                        &mut response,
+                    );
+                    Poll::Ready(Ok(response))
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(inner_error(
+                    err.into(),
+                    refund.take(),
+                    this.core,
+                    this.quotas.as_ref(),
+                ))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {
             Ok(response) => Ok(response),
-            Err((Failure::Inner(err), refund)) => {
-                let err: BoxError = err.into();
-                let local = err
-                    .downcast_ref::<Error>()
-                    .is_some_and(|e| e.kind().never_sent());
-                if let (true, Some(refund), Some(quotas)) = (local, refund, this.quotas.as_ref()) {
-                    refund.give_back(quotas);
-                }
-                Err(err)
-            }
+            Err((Failure::Inner(err), refund)) => Err(inner_error(
+                err.into(),
+                refund,
+                this.core,
+                this.quotas.as_ref(),
+            )),
             Err((Failure::Rejected(err), _)) => Err(Box::new(err)),
         })
     }
@@ -394,6 +467,24 @@ where
     type Output = Result<Response<ResponseBody<ResBody, ()>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The hot path, as for `Throw`.
+        let this = self.as_mut().project();
+        if let StateProj::Calling { future, refund } = this.state.project() {
+            let result = ready!(future.poll(cx));
+            return Poll::Ready(match result {
+                Ok(mut response) => {
+                    Self::finish_response(
+                        this.core,
+                        this.quotas.as_ref(),
+                        this.report.as_deref(),
+                        refund,
+                        &mut response,
+                    );
+                    Ok(response.map(|body| ResponseBody::new(body, None)))
+                }
+                Err(err) => Err(err),
+            });
+        }
         let result = ready!(self.as_mut().poll_inner(cx));
         let this = self.project();
         Poll::Ready(match result {
@@ -401,13 +492,13 @@ where
             Err((Failure::Inner(err), _)) => Err(err),
             Err((Failure::Rejected(err), _)) => {
                 let headers_for = err.clone();
-                let mut response = rejection_response(err, *this.status);
-                if *this.report_on {
+                let mut response = rejection_response(err, this.core.status);
+                if this.core.report {
                     refusal_headers(
                         &mut response,
-                        this.quotas.as_ref(),
+                        this.quotas.as_ref().unwrap_or(&this.core.quotas),
                         &headers_for,
-                        *this.x_ratelimit,
+                        this.core.x_ratelimit,
                     );
                 }
                 Ok(response)

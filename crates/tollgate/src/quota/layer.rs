@@ -48,6 +48,49 @@ pub(super) struct Config<X, C, St> {
     pub(super) status: StatusCode,
 }
 
+/// A service's configuration, as [`Layer::layer`] builds it from the layer's.
+pub(super) struct Built<X, C, St> {
+    pub(super) extractor: X,
+    pub(super) classify: C,
+    pub(super) per_key: Option<Resolver>,
+    pub(super) policy: WaitPolicy,
+    pub(super) max_wait: Duration,
+    pub(super) spacing: Option<Duration>,
+    pub(super) core: Arc<Core<St>>,
+}
+
+/// What a service's response futures need after the call: one reference count per
+/// request for all of it, instead of one for the store and one for the quota set.
+pub(super) struct Core<St> {
+    pub(super) store: St,
+    pub(super) quotas: QuotaSet,
+    pub(super) report: bool,
+    pub(super) x_ratelimit: bool,
+    pub(super) obey: ObeyThrottles,
+    pub(super) status: StatusCode,
+}
+
+impl<X: Clone, C: Clone, St: Clone> Config<X, C, St> {
+    fn build(&self) -> Built<X, C, St> {
+        Built {
+            extractor: self.extractor.clone(),
+            classify: self.classify.clone(),
+            per_key: self.per_key.clone(),
+            policy: self.policy,
+            max_wait: self.max_wait,
+            spacing: self.spacing,
+            core: Arc::new(Core {
+                store: self.store.clone(),
+                quotas: self.quotas.clone(),
+                report: self.report,
+                x_ratelimit: self.x_ratelimit,
+                obey: self.obey,
+                status: self.status,
+            }),
+        }
+    }
+}
+
 impl<X: Clone, C: Clone, St: Clone> Clone for Config<X, C, St> {
     fn clone(&self) -> Self {
         Config {
@@ -256,7 +299,7 @@ impl<S, X: Clone, C: Clone, St: Clone, O> Layer<S> for QuotaWindowLayer<X, C, St
     type Service = QuotaWindow<S, X, C, St, O>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        QuotaWindow::from_config(inner, Arc::new(self.config.clone()))
+        QuotaWindow::from_config(inner, Arc::new(self.config.build()))
     }
 }
 
@@ -274,6 +317,18 @@ impl<X, C, St: fmt::Debug> Config<X, C, St> {
             .field("max_wait", &self.max_wait)
             .field("headers", &self.report)
             .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X, C, St: fmt::Debug> Built<X, C, St> {
+    pub(super) fn fmt_fields(&self, mut d: fmt::DebugStruct<'_, '_>) -> fmt::Result {
+        d.field("quotas", &self.core.quotas)
+            .field("per_key", &self.per_key.is_some())
+            .field("policy", &self.policy)
+            .field("max_wait", &self.max_wait)
+            .field("headers", &self.core.report)
+            .field("store", &self.core.store)
             .finish_non_exhaustive()
     }
 }

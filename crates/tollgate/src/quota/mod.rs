@@ -323,6 +323,7 @@ pub use layer::QuotaWindowLayer;
 pub use service::QuotaWindow;
 pub use spec::{Quota, QuotaError, WindowKind};
 pub use state::{Wait, WindowState};
+pub(crate) use windows::admit_all_now;
 pub use windows::{
     Denied, admit_all, all_fresh, check_all, commit_all, fresh_states, refund_all,
     replenished_after_all,

@@ -9,23 +9,23 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::{Refund, ResponseFuture, Waiting};
-use super::layer::Config;
+use super::layer::Built;
 use super::{Classified, Classify, QuotaDecision};
 use crate::Error;
 use crate::body::ResponseBody;
 use crate::key::{Key, KeyExtractor};
 use crate::reject::{BoxError, Respond, Throw};
-use crate::store::{Admission, MemoryStore, QuotaAsk, QuotaStore};
+use crate::store::{Admission, MemoryStore, QuotaAsk, QuotaStore, WaitPolicy};
 
 /// Keeps each key inside its quota windows; see the [module docs](super).
 pub struct QuotaWindow<S, X, C = (), St = MemoryStore, O = Throw> {
     inner: S,
-    config: Arc<Config<X, C, St>>,
+    config: Arc<Built<X, C, St>>,
     _output: PhantomData<fn() -> O>,
 }
 
 impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
-    pub(super) fn from_config(inner: S, config: Arc<Config<X, C, St>>) -> Self {
+    pub(super) fn from_config(inner: S, config: Arc<Built<X, C, St>>) -> Self {
         QuotaWindow {
             inner,
             config,
@@ -50,7 +50,7 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
 
     /// The store holding the limits.
     pub fn get_store(&self) -> &St {
-        &self.config.store
+        &self.config.core.store
     }
 
     /// Puts `key` (of requests of `class`; `""` for the default class) in cooldown: no
@@ -62,7 +62,7 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
         St: QuotaStore,
     {
         let key = state_key(key.clone(), class)?;
-        self.config.store.cooldown(&key, until);
+        self.config.core.store.cooldown(&key, until);
         Ok(())
     }
 
@@ -71,17 +71,23 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
     where
         St: QuotaStore,
     {
-        self.config.store.cooldown_all(until);
+        self.config.core.store.cooldown_all(until);
     }
 }
 
 /// The key under which a class of a key keeps its state.
+#[inline]
 pub(super) fn state_key(key: Key, class: &'static str) -> Result<Key, Error> {
     if class.is_empty() {
         return Ok(key);
     }
+    class_key(&key, class)
+}
+
+/// [`state_key`] of a named class: the key and the class, composed.
+fn class_key(key: &Key, class: &'static str) -> Result<Key, Error> {
     let class = Key::new(class).map_err(Error::from_key_error)?;
-    Key::compose(&[&key, &class]).map_err(Error::from_key_error)
+    Key::compose(&[key, &class]).map_err(Error::from_key_error)
 }
 
 impl<S: Clone, X, C, St, O> Clone for QuotaWindow<S, X, C, St, O> {
@@ -156,38 +162,49 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
         St: QuotaStore,
     {
         let config = &*self.config;
+        let core = &config.core;
         let key = match config.extractor.extract(&request) {
             Ok(key) => key,
             Err(err) => {
                 tracing::debug!(target: "tollgate::quota", decision = "no_key", error = %err);
-                return ResponseFuture::rejected(Error::from_key_error(err), None, config);
+                return ResponseFuture::rejected(Error::from_key_error(err), None, core);
             }
         };
         let Classified { class, cost } = config.classify.classify(&request);
-        let quotas = match &config.per_key {
-            Some(resolve) => resolve(&key, class).unwrap_or_else(|| config.quotas.clone()),
-            None => config.quotas.clone(),
-        };
+        // The key's own quotas, if a resolver gives it some; else the layer's, which
+        // the future finds in `core` (no clone of the set per request).
+        let own_quotas = config
+            .per_key
+            .as_ref()
+            .and_then(|resolve| resolve(&key, class));
+        let quotas = own_quotas.as_ref().unwrap_or(&core.quotas);
         let key = match state_key(key, class) {
             Ok(key) => key,
-            Err(err) => return ResponseFuture::rejected(err, None, config),
+            Err(err) => return ResponseFuture::rejected(err, None, core),
         };
-        let mut ask = QuotaAsk::new(&quotas, cost).report(config.report);
-        if let crate::store::WaitPolicy::Queue { max_queue } = config.policy {
-            let spacing = config.spacing.unwrap_or_else(|| quotas.release_spacing());
-            ask = ask.wait(max_queue, config.max_wait, spacing);
-        }
-        match config.store.admit(&key, &ask) {
+        // Built in one go (the builder's defaults, then overwritten, cost stores).
+        let ask = match config.policy {
+            WaitPolicy::Queue { .. } => QuotaAsk {
+                quotas,
+                cost,
+                policy: config.policy,
+                max_wait: config.max_wait,
+                spacing: config.spacing.unwrap_or_else(|| quotas.release_spacing()),
+                report: core.report,
+            },
+            WaitPolicy::Reject => QuotaAsk::new(quotas, cost).report(core.report),
+        };
+        match core.store.admit(&key, &ask) {
             Admission::Ready(grant) => {
                 tracing::trace!(target: "tollgate::quota", key = %key.id(), class, cost, decision = "admitted");
-                let report = config.report.then(|| {
+                let report = core.report.then(|| {
                     let decision =
                         QuotaDecision::new(key.id(), class, quotas.clone(), grant.clone());
                     request.extensions_mut().insert(decision);
                     Box::new(grant.clone())
                 });
-                let refund = Refund::new(config.store.clone(), key, &grant);
-                ResponseFuture::calling(self.inner.call(request), refund, report, quotas, config)
+                let refund = Refund::new(key, &grant);
+                ResponseFuture::calling(self.inner.call(request), refund, report, own_quotas, core)
             }
             Admission::Wait(acquire) => {
                 tracing::debug!(target: "tollgate::quota", key = %key.id(), class, cost, decision = "wait");
@@ -197,20 +214,12 @@ impl<S, X, C, St, O> QuotaWindow<S, X, C, St, O> {
                 let deadline = now
                     .checked_add(config.max_wait)
                     .unwrap_or_else(|| now + crate::concurrency::FAR_FUTURE);
-                let waiting = Waiting::new(
-                    acquire,
-                    deadline,
-                    service,
-                    request,
-                    key,
-                    class,
-                    &config.store,
-                );
-                ResponseFuture::waiting(waiting, quotas, config)
+                let waiting = Waiting::new(acquire, deadline, service, request, key, class);
+                ResponseFuture::waiting(waiting, own_quotas, core)
             }
             Admission::Rejected(err) => {
                 tracing::debug!(target: "tollgate::quota", key = %key.id(), class, cost, decision = "rejected", kind = ?err.kind(), retry_after = ?err.retry_after());
-                ResponseFuture::rejected(err, Some(quotas), config)
+                ResponseFuture::rejected(err, own_quotas, core)
             }
         }
     }

@@ -84,6 +84,15 @@ impl Sliding {
             .sum()
     }
 
+    /// Whether `cost` units fit at `now` by the fast path of [`earliest`](Self::earliest)
+    /// (every unit held in the ring counted, expired or not): `true` means
+    /// `earliest(now) == now`; `false` means "ask `earliest`".
+    #[inline]
+    pub(super) fn fits_now(&self, quota: &Quota, now: u64, cost: u32) -> bool {
+        u64::from(self.total) + u64::from(cost) <= u64::from(quota.limit())
+            && now >= self.unknown_until(quota)
+    }
+
     /// The earliest `t ≥ from` at which `cost ≤ capacity` units fit, if nothing else
     /// happens. Exact: buckets expire in index order, so the count only falls, one
     /// bucket at a time.
@@ -119,6 +128,7 @@ impl Sliding {
         left as u32
     }
 
+    #[inline]
     pub(super) fn commit(&mut self, quota: &Quota, now: u64, cost: u32) {
         let j = now / quota.step_nanos();
         if j > self.newest {

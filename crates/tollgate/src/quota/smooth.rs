@@ -66,6 +66,13 @@ impl Smooth {
         from.max(self.tat.saturating_sub(slack))
     }
 
+    /// Whether `cost ≤ b` units fit at `now`: `earliest(now) == now`, exactly.
+    #[inline]
+    pub(super) fn fits_now(&self, quota: &Quota, now: u64, cost: u32) -> bool {
+        let slack = span(quota, quota.capacity().saturating_sub(cost));
+        self.tat.saturating_sub(slack) <= now
+    }
+
     /// `b − ⌈(tat − now)/T⌉`: the largest `c` with `tat − (b − c)·T ≤ now`.
     pub(super) fn remaining(&self, quota: &Quota, now: u64) -> u32 {
         let ahead = self.tat.saturating_sub(now);
@@ -75,6 +82,7 @@ impl Smooth {
         left as u32
     }
 
+    #[inline]
     pub(super) fn commit(&mut self, quota: &Quota, now: u64, cost: u32) {
         self.tat = self.tat.max(now).saturating_add(span(quota, cost));
         self.latest = self.latest.max(now);

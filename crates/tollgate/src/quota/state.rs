@@ -157,12 +157,29 @@ impl WindowState {
         }
     }
 
+    /// Whether `cost` units would be admitted at `now`, by each kind's cheap test (no
+    /// pass over a sliding ring, no conversion of the wait): `true` means
+    /// [`check`](WindowState::check) would answer `Ok`; `false` means nothing, ask
+    /// `check`. The store's hot path: most requests fit at once.
+    #[inline]
+    pub(crate) fn fits_now(&self, quota: &Quota, now: u64, cost: u32) -> bool {
+        cost <= quota.capacity()
+            && self.blocked <= now
+            && match (&self.window, quota.kind()) {
+                (Window::Sliding(w), WindowKind::Sliding) => w.fits_now(quota, now, cost),
+                (Window::Smooth(w), WindowKind::Smooth) => w.fits_now(quota, now, cost),
+                (Window::Fixed(w), WindowKind::Fixed) => w.fits_now(quota, now, cost),
+                _ => false,
+            }
+    }
+
     /// Records an admission of `cost` units at `now`.
     ///
     /// Meant to follow a successful [`check`](WindowState::check) at the same `now`.
     /// Without one, it records a forced admission (a request that went out anyway):
     /// counts saturate instead of overflowing, and the window then refuses until the
     /// excess has expired.
+    #[inline(always)]
     pub fn commit(&mut self, quota: &Quota, now: u64, cost: u32) {
         if cost == 0 {
             return;

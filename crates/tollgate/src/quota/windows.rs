@@ -66,6 +66,38 @@ pub fn check_all(
     denied.map_or(Ok(()), Err)
 }
 
+/// The hot path of [`admit_all`]: admits `cost` at `now` and returns `true` when every
+/// window's [`fits_now`](WindowState::fits_now) says it fits; otherwise changes nothing
+/// and returns `false`, and the caller asks [`check_all`] for the exact answer.
+#[inline]
+pub(crate) fn admit_all_now(
+    quotas: &[Quota],
+    states: &mut [WindowState],
+    now: u64,
+    cost: u32,
+) -> bool {
+    // One quota, the common case: no iterators.
+    if let ([quota], [state]) = (quotas, &mut *states) {
+        if !state.fits_now(quota, now, cost) {
+            return false;
+        }
+        state.commit(quota, now, cost);
+        return true;
+    }
+    if quotas.len() != states.len()
+        || !quotas
+            .iter()
+            .zip(&*states)
+            .all(|(quota, state)| state.fits_now(quota, now, cost))
+    {
+        return false;
+    }
+    for (quota, state) in quotas.iter().zip(states) {
+        state.commit(quota, now, cost);
+    }
+    true
+}
+
 /// Records an admission of `cost` units at `now` in every window; meant to follow a
 /// successful [`check_all`] at the same `now`.
 pub fn commit_all(quotas: &[Quota], states: &mut [WindowState], now: u64, cost: u32) {
@@ -221,6 +253,13 @@ mod tests {
                     }
                 }
                 let before = states.clone();
+                // The stores' hot path: when it admits, `admit_all` admits too, to the
+                // same states; when it declines, it has changed nothing.
+                let mut fast = states.clone();
+                let fast_admitted = admit_all_now(&quotas, &mut fast, now, step.cost);
+                if !fast_admitted {
+                    prop_assert_eq!(&fast, &before);
+                }
                 let single: Vec<_> = quotas
                     .iter()
                     .zip(&states)
@@ -229,9 +268,13 @@ mod tests {
                 match admit_all(&quotas, &mut states, now, step.cost) {
                     Ok(()) => {
                         prop_assert!(single.iter().all(Result::is_ok));
+                        if fast_admitted {
+                            prop_assert_eq!(&fast, &states);
+                        }
                         admitted.push((now, step.cost));
                     }
                     Err(denied) => {
+                        prop_assert!(!fast_admitted, "the hot path admitted a refusal");
                         last_wait = Some(denied.wait());
                         prop_assert_eq!(&states, &before);
                         let longest = single.iter().filter_map(|r| r.err()).max().unwrap();

@@ -26,6 +26,7 @@ enum Windows {
 }
 
 impl Windows {
+    #[cold]
     fn fresh(quotas: &QuotaSet, now: u64) -> Self {
         let mut states = windows::fresh_states(quotas, now);
         match (quotas.len(), states.next()) {
@@ -84,6 +85,7 @@ impl QuotaEntry {
     }
 
     /// The quota set of a key changed (a resolver's answer): its state restarts.
+    #[inline]
     fn fit(&mut self, quotas: &QuotaSet, now: u64) {
         if self.windows.len() != quotas.len() {
             self.windows = Windows::fresh(quotas, now);
@@ -117,18 +119,26 @@ impl QuotaEntry {
 
     /// Admits `cost` now if every window and every cooldown allow; otherwise says how
     /// long until they would.
+    #[inline]
     fn try_admit(
         &mut self,
         ask: &QuotaAsk<'_>,
         now: u64,
         global_cooldown: u64,
     ) -> Result<QuotaGrant, Refusal> {
-        self.check(ask, now, global_cooldown)?;
         let quotas = ask.quotas;
-        windows::commit_all(quotas, &mut self.windows, now, ask.cost);
+        // The common case first: nothing blocks and every window admits at once, which
+        // the windows' cheap tests tell and commit in one pass. Anything else (a
+        // refusal, or a case the cheap tests leave open) takes the exact check.
+        let open = now >= global_cooldown && now >= self.cooldown_until && now >= self.next_release;
+        if !(open && windows::admit_all_now(quotas, &mut self.windows, now, ask.cost)) {
+            self.check(ask, now, global_cooldown)?;
+            windows::commit_all(quotas, &mut self.windows, now, ask.cost);
+        }
         // A bound, not the exact time: O(1) here instead of a pass over every window.
-        let forget = crate::quota::nanos(quotas.forget_after());
-        self.fresh_at = self.fresh_at.max(now.saturating_add(forget));
+        self.fresh_at = self
+            .fresh_at
+            .max(now.saturating_add(quotas.forget_after_nanos()));
         let mut grant = QuotaGrant::new(now, ask.cost);
         if ask.report {
             for (index, (quota, state)) in quotas.iter().zip(&*self.windows).enumerate() {

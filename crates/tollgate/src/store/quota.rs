@@ -26,6 +26,8 @@ struct SetInner {
     capacity: u32,
     spacing: Duration,
     forget_after: Duration,
+    /// `forget_after` in nanoseconds, as the store's clock counts.
+    forget_after_nanos: u64,
     /// The set's `RateLimit-Policy` value and policy names, made on first use.
     fields: OnceLock<PolicyFields>,
 }
@@ -51,6 +53,11 @@ impl QuotaSet {
     }
 
     fn derive(quotas: Box<[Quota]>) -> Self {
+        let forget_after = quotas
+            .iter()
+            .map(Quota::forget_after)
+            .max()
+            .unwrap_or(Duration::ZERO);
         QuotaSet(Arc::new(SetInner {
             capacity: quotas.iter().map(Quota::capacity).min().unwrap_or(0),
             spacing: quotas
@@ -58,11 +65,8 @@ impl QuotaSet {
                 .map(|q| q.window() / q.limit() * 9 / 10)
                 .min()
                 .unwrap_or(Duration::ZERO),
-            forget_after: quotas
-                .iter()
-                .map(Quota::forget_after)
-                .max()
-                .unwrap_or(Duration::ZERO),
+            forget_after,
+            forget_after_nanos: crate::quota::nanos(forget_after),
             quotas,
             fields: OnceLock::new(),
         }))
@@ -89,6 +93,7 @@ impl QuotaSet {
     /// (a cost above its [`capacity`](Quota::capacity)), or `None` when every quota can.
     /// A store refuses such a request at once with
     /// [`ErrorKind::CostTooHigh`](crate::ErrorKind::CostTooHigh) and this index.
+    #[inline]
     pub fn too_costly(&self, cost: u32) -> Option<usize> {
         if cost <= self.0.capacity {
             return None;
@@ -121,6 +126,12 @@ impl QuotaSet {
     /// since is fresh at `t + forget_after()`.
     pub fn forget_after(&self) -> Duration {
         self.0.forget_after
+    }
+
+    /// [`forget_after`](Self::forget_after) in nanoseconds, converted once.
+    #[inline]
+    pub(crate) fn forget_after_nanos(&self) -> u64 {
+        self.0.forget_after_nanos
     }
 }
 
