@@ -192,6 +192,11 @@ impl<V: Fresh> ShardGuard<'_, V> {
     /// The entry for `key`, inserted with `make` if absent. Fails when the table holds
     /// `max_keys` keys; the caller may then [`Table::sweep_all`] (with no shard locked)
     /// and try once more.
+    ///
+    /// A key already held (the common case) costs one probe, the hash compared before
+    /// the key bytes, inline in the caller; only a miss calls out to the sweep check
+    /// and the insert.
+    #[inline(always)]
     pub(crate) fn get_or_insert(
         &mut self,
         hash: u64,
@@ -199,46 +204,63 @@ impl<V: Fresh> ShardGuard<'_, V> {
         now: u64,
         make: impl FnOnce() -> V,
     ) -> Result<&mut V, Full> {
+        let table = self.table;
         let Shard {
             map,
             sweep_at,
             swept_at,
         } = &mut *self.shard;
-        // A key already held (the common case) costs one probe, the hash compared
-        // before the key bytes; only a miss pays for the sweep check and the insert.
-        let map = match map.find_entry(hash, |slot| slot.hash == hash && slot.key == *key) {
+        match map.find_entry(hash, |slot| slot.hash == hash && slot.key == *key) {
             Ok(entry) => {
                 let slot = entry.into_mut();
                 slot.touched = true;
-                return Ok(&mut slot.value);
+                Ok(&mut slot.value)
             }
-            Err(absent) => absent.into_table(),
-        };
-        if map.len() >= *sweep_at {
-            let retain = map.len() < RETAIN_IDLE;
-            let clock = crate::quota::nanos(self.table.origin.elapsed());
-            if !retain || clock.saturating_sub(*swept_at) >= crate::quota::nanos(MIN_SWEEP_INTERVAL)
-            {
-                sweep(map, sweep_at, &self.table.keys, now, retain);
-                *swept_at = clock;
-            } else {
-                *sweep_at = sweep_at.saturating_mul(2).min(RETAIN_IDLE);
-            }
+            Err(absent) => insert(
+                table,
+                absent.into_table(),
+                (sweep_at, swept_at),
+                (hash, key, now),
+                make,
+            ),
         }
-        if !self.table.try_reserve_key() {
-            return Err(Full);
-        }
-        let slot = Slot {
-            hash,
-            key: key.clone(),
-            value: make(),
-            touched: true,
-        };
-        Ok(&mut map
-            .insert_unique(hash, slot, |slot| slot.hash)
-            .into_mut()
-            .value)
     }
+}
+
+/// [`ShardGuard::get_or_insert`] for a key not in `map`: sweeps the shard if due, then
+/// inserts the key if the table has room.
+#[cold]
+#[inline(never)]
+fn insert<'m, V: Fresh>(
+    table: &Table<V>,
+    map: &'m mut HashTable<Slot<V>>,
+    (sweep_at, swept_at): (&mut usize, &mut u64),
+    (hash, key, now): (u64, &Key, u64),
+    make: impl FnOnce() -> V,
+) -> Result<&'m mut V, Full> {
+    if map.len() >= *sweep_at {
+        let retain = map.len() < RETAIN_IDLE;
+        let clock = crate::quota::nanos(table.origin.elapsed());
+        if !retain || clock.saturating_sub(*swept_at) >= crate::quota::nanos(MIN_SWEEP_INTERVAL) {
+            sweep(map, sweep_at, &table.keys, now, retain);
+            *swept_at = clock;
+        } else {
+            *sweep_at = sweep_at.saturating_mul(2).min(RETAIN_IDLE);
+        }
+    }
+    if !table.try_reserve_key() {
+        return Err(Full);
+    }
+    let slot = Slot {
+        hash,
+        key: key.clone(),
+        value: make(),
+        touched: true,
+    };
+    Ok(&mut map
+        .insert_unique(hash, slot, |slot| slot.hash)
+        .into_mut()
+        .value)
 }
 
 #[cfg(test)]
