@@ -30,18 +30,16 @@ pub(super) const RING: usize = Quota::SLIDING_BUCKETS as usize + 1;
 const RING_U64: u64 = RING as u64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[repr(C)]
 pub(super) struct Sliding {
     /// The newest bucket index held; the ring holds buckets `newest − 32 ..= newest`.
     newest: u64,
+    /// `counts[j % RING]` is the units admitted in bucket `j`, for the buckets held.
+    counts: [u32; RING],
     /// At least the sum of `counts`: exactly it, or `u32::MAX` once the sum has
     /// overflowed (sticky until the ring is cleared). It sits in what would be padding,
     /// and lets a check that fits even if no bucket had expired skip the pass over the
-    /// ring; it comes before the ring (`repr(C)`), next to `newest`, so that the fast
-    /// path reads one cache line besides the bucket it counts in.
+    /// ring.
     total: u32,
-    /// `counts[j % RING]` is the units admitted in bucket `j`, for the buckets held.
-    counts: [u32; RING],
 }
 
 fn slot(j: u64) -> usize {

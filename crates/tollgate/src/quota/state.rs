@@ -57,7 +57,6 @@ impl Wait {
 /// for the new quota. A state passed another quota of the same kind gets decisions
 /// that are well defined (no panic, counts saturate) but meaningless: don't.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[repr(C)]
 pub struct WindowState {
     /// Nothing is admitted before this instant (0: not blocked).
     blocked: u64,

@@ -56,12 +56,8 @@ impl std::ops::DerefMut for Windows {
 }
 
 /// One key's quota state.
-///
-/// In this field order (`repr(C)`): the times and the queue every admission reads
-/// first, right after the table's hash and key, then the windows, whose own hot fields
-/// lead (see `Sliding`), so that a request touches as few cache lines as it can.
-#[repr(C)]
 pub(super) struct QuotaEntry {
+    windows: Windows,
     /// Nothing is admitted before this (a server's throttle signal).
     cooldown_until: u64,
     /// Releases from the queue are spaced: none before this.
@@ -69,7 +65,6 @@ pub(super) struct QuotaEntry {
     /// When every window will be fully replenished, if nothing else is admitted.
     fresh_at: u64,
     queue: VecDeque<Arc<QuotaWaiter>>,
-    windows: Windows,
 }
 
 impl Fresh for QuotaEntry {

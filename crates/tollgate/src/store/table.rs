@@ -54,15 +54,12 @@ pub(crate) trait Fresh {
     fn is_fresh(&self, now: u64) -> bool;
 }
 
-/// In this field order (`repr(C)`): the hash and key a lookup compares sit next to the
-/// start of the value, whose first fields are the ones every request reads.
-#[repr(C)]
 pub(crate) struct Slot<V> {
     pub(crate) hash: u64,
     pub(crate) key: Key,
+    pub(crate) value: V,
     /// Looked up since the shard's last sweep: survives the next one even if fresh.
     touched: bool,
-    pub(crate) value: V,
 }
 
 pub(crate) struct Shard<V> {
