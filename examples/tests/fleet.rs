@@ -28,10 +28,14 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tollgate_examples::graph::PAGE;
-use tollgate_redis::RedisStore;
 use tollgate_sim::{GraphSim, SimStats};
 
-const SKIP_VAR: &str = "TOLLGATE_SKIP_REDIS_TESTS";
+// The tollgate-redis tests' own launcher: one place for how a test starts its
+// `redis-server`, waits for it, stops it, and what it says when the binary is missing.
+#[path = "../../crates/tollgate-redis/tests/support/mod.rs"]
+mod support;
+use support::RedisServer;
+
 /// The simulator's limits per mailbox: `QUOTA` per sliding `WINDOW` (Graph's 10,000
 /// per 10 minutes, shrunk as in `mailbox_sync`) and `CONCURRENCY` in flight.
 const QUOTA: u32 = 40;
@@ -322,83 +326,4 @@ fn build_worker(cargo: &std::ffi::OsStr, profile_dir: &Path) {
         "cargo build --example fleet_worker failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A `redis-server` of the test's own on a free loopback port, killed when dropped.
-struct RedisServer {
-    port: u16,
-    _child: Child,
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` when Redis tests are explicitly skipped.
-    ///
-    /// # Panics
-    ///
-    /// When `redis-server` is not on `PATH` (and the tests are not skipped), or does
-    /// not answer `PING` within 10 s.
-    async fn start() -> Option<RedisServer> {
-        let Some(binary) = find_on_path("redis-server") else {
-            if std::env::var(SKIP_VAR).as_deref() == Ok("1") {
-                eprintln!("redis-server not found; skipped because {SKIP_VAR}=1");
-                return None;
-            }
-            panic!(
-                "redis-server is not on PATH: the fleet test runs against a real Redis. \
-                 Install it (Debian/Ubuntu: `apt-get install -y redis-server`), or set \
-                 {SKIP_VAR}=1 to skip it explicitly."
-            );
-        };
-        // The port may be taken between picking and binding: try a few.
-        for _ in 0..5 {
-            let port = free_port();
-            let child = Command::new(&binary)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start redis-server");
-            let server = RedisServer {
-                port,
-                _child: child,
-            };
-            if server.answers_within(Duration::from_secs(10)).await {
-                return Some(server);
-            }
-        }
-        panic!("redis-server did not answer PING");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn answers_within(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while tokio::time::Instant::now() < deadline {
-            // A new store each time: a connection that failed is not waited for.
-            let store = RedisStore::builder(self.url())
-                .build()
-                .expect("a valid URL");
-            if store.ping().await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("a local address").port()
 }

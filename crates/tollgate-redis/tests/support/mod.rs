@@ -164,10 +164,8 @@ impl RedisServer {
     async fn wait_for_pong(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false; // exited: port in use, most likely
-                }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false; // exited: port in use, most likely
             }
             if ping(self.port).await {
                 return true;
