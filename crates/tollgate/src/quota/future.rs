@@ -19,7 +19,7 @@ use super::{ObeyThrottles, QuotaDecision};
 use crate::body::ResponseBody;
 use crate::classify::{Throttle, ThrottleScope};
 use crate::key::Key;
-use crate::reject::{BoxError, Failure, Respond, Throw, rejection_response};
+use crate::reject::{BoxError, Respond, Throw, rejection_response};
 use crate::store::{QuotaGrant, QuotaSet, QuotaStore, QuotaUsage};
 use crate::{Error, ErrorKind};
 
@@ -214,82 +214,64 @@ where
     }
 }
 
-/// How the inner part of the future ended, before the output type is applied: a
-/// finished response, or a failure with what to refund if it was a local rejection.
-type Outcome<ResBody, E> = Result<Response<ResBody>, (Failure<E>, Option<Refund>)>;
-
 impl<S, ReqBody, St, O, ResBody> ResponseFuture<S, Request<ReqBody>, St, O>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: QuotaStore,
 {
-    /// The general path: waiting, rejected, or an inner error. The hot path (an
-    /// admitted request whose inner future answers) is in each output's `poll`.
+    /// The general path: waiting, or rejected. `Ready(Some(error))` when the request is
+    /// refused; `Ready(None)` when it is (or has just been) admitted and called: the
+    /// state is `Calling`, which each output's `poll` drives itself (the hot path,
+    /// building its output in place, with no intermediate copy of the response).
     #[inline(never)]
-    fn poll_inner(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<ResBody, S::Error>> {
+    fn poll_slow(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Error>> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { wait } => {
-                    let w = wait.as_mut().project();
-                    match w.acquire.poll(cx) {
-                        Poll::Ready(Ok(grant)) => {
-                            let mut request = w.request.take().expect("request taken once");
-                            if this.core.report {
-                                let quotas = this.quotas.as_ref().unwrap_or(&this.core.quotas);
-                                let decision = QuotaDecision::new(
-                                    w.key.id(),
-                                    w.class,
-                                    quotas.clone(),
-                                    grant.clone(),
-                                );
-                                request.extensions_mut().insert(decision);
-                                *this.report = Some(Box::new(grant.clone()));
-                            }
-                            let refund = Refund::new(w.key.clone(), &grant);
-                            let mut service = w.service.take().expect("service taken once");
-                            let future = service.call(request);
-                            this.state.set(State::Calling {
-                                future,
-                                refund: Some(refund),
-                            });
+        match this.state.as_mut().project() {
+            StateProj::Waiting { wait } => {
+                let w = wait.as_mut().project();
+                match w.acquire.poll(cx) {
+                    Poll::Ready(Ok(grant)) => {
+                        let mut request = w.request.take().expect("request taken once");
+                        if this.core.report {
+                            let quotas = this.quotas.as_ref().unwrap_or(&this.core.quotas);
+                            let decision = QuotaDecision::new(
+                                w.key.id(),
+                                w.class,
+                                quotas.clone(),
+                                grant.clone(),
+                            );
+                            request.extensions_mut().insert(decision);
+                            *this.report = Some(Box::new(grant.clone()));
                         }
-                        Poll::Ready(Err(err)) => {
-                            this.state.set(State::Rejected { error: None });
-                            return Poll::Ready(Err((Failure::Rejected(err), None)));
-                        }
-                        Poll::Pending => {
-                            ready!(w.deadline.poll(cx));
-                            tracing::debug!(target: "tollgate::quota", key = %w.key.id(), decision = "wait_exceeded");
-                            let err = Error::new(ErrorKind::WaitExceeded).with_key(w.key.id());
-                            // Dropping the wait gives its place back; nothing was taken.
-                            this.state.set(State::Rejected { error: None });
-                            return Poll::Ready(Err((Failure::Rejected(err), None)));
-                        }
+                        let refund = Refund::new(w.key.clone(), &grant);
+                        let mut service = w.service.take().expect("service taken once");
+                        let future = service.call(request);
+                        this.state.set(State::Calling {
+                            future,
+                            refund: Some(refund),
+                        });
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Err(err)) => {
+                        this.state.set(State::Rejected { error: None });
+                        Poll::Ready(Some(err))
+                    }
+                    Poll::Pending => {
+                        ready!(w.deadline.poll(cx));
+                        tracing::debug!(target: "tollgate::quota", key = %w.key.id(), decision = "wait_exceeded");
+                        let err = Error::new(ErrorKind::WaitExceeded).with_key(w.key.id());
+                        // Dropping the wait gives its place back; nothing was taken.
+                        this.state.set(State::Rejected { error: None });
+                        Poll::Ready(Some(err))
                     }
                 }
-                StateProj::Calling { future, refund } => {
-                    let result = ready!(future.poll(cx));
-                    return Poll::Ready(match result {
-                        Ok(mut response) => {
-                            Self::finish_response(
-                                this.core,
-                                this.quotas.as_ref(),
-                                this.report.as_deref(),
-                                refund,
-                                &mut response,
-                            );
-                            Ok(response)
-                        }
-                        Err(err) => Err((Failure::Inner(err), refund.take())),
-                    });
-                }
-                StateProj::Rejected { error } => {
-                    let error = error
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Err((Failure::Rejected(error), None)));
-                }
+            }
+            StateProj::Calling { .. } => Poll::Ready(None),
+            StateProj::Rejected { error } => {
+                let error = error
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Some(error))
             }
         }
     }
@@ -420,42 +402,33 @@ where
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The hot path, without the general one's detour through `Outcome` (every
-        // wrapping of the response is a copy of it): an admitted request calling.
-        let this = self.as_mut().project();
-        if let StateProj::Calling { future, refund } = this.state.project() {
-            return match future.poll(cx) {
-                Poll::Ready(Ok(mut response)) => {
-                    Self::finish_response(
+        loop {
+            let this = self.as_mut().project();
+            if let StateProj::Calling { future, refund } = this.state.project() {
+                return match future.poll(cx) {
+                    Poll::Ready(Ok(mut response)) => {
+                        Self::finish_response(
+                            this.core,
+                            this.quotas.as_ref(),
+                            this.report.as_deref(),
+                            refund,
+                            &mut response,
+                        );
+                        Poll::Ready(Ok(response))
+                    }
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(inner_error(
+                        err.into(),
+                        refund.take(),
                         this.core,
                         this.quotas.as_ref(),
-                        this.report.as_deref(),
-                        refund,
-                        &mut response,
-                    );
-                    Poll::Ready(Ok(response))
-                }
-                Poll::Ready(Err(err)) => Poll::Ready(Err(inner_error(
-                    err.into(),
-                    refund.take(),
-                    this.core,
-                    this.quotas.as_ref(),
-                ))),
-                Poll::Pending => Poll::Pending,
-            };
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if let Some(err) = ready!(self.as_mut().poll_slow(cx)) {
+                return Poll::Ready(Err(Box::new(err)));
+            }
         }
-        let result = ready!(self.as_mut().poll_inner(cx));
-        let this = self.project();
-        Poll::Ready(match result {
-            Ok(response) => Ok(response),
-            Err((Failure::Inner(err), refund)) => Err(inner_error(
-                err.into(),
-                refund,
-                this.core,
-                this.quotas.as_ref(),
-            )),
-            Err((Failure::Rejected(err), _)) => Err(Box::new(err)),
-        })
     }
 }
 
@@ -467,12 +440,11 @@ where
     type Output = Result<Response<ResponseBody<ResBody, ()>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The hot path, as for `Throw`.
-        let this = self.as_mut().project();
-        if let StateProj::Calling { future, refund } = this.state.project() {
-            let result = ready!(future.poll(cx));
-            return Poll::Ready(match result {
-                Ok(mut response) => {
+        loop {
+            let this = self.as_mut().project();
+            if let StateProj::Calling { future, refund } = this.state.project() {
+                let result = ready!(future.poll(cx));
+                return Poll::Ready(result.map(|mut response| {
                     Self::finish_response(
                         this.core,
                         this.quotas.as_ref(),
@@ -480,30 +452,24 @@ where
                         refund,
                         &mut response,
                     );
-                    Ok(response.map(|body| ResponseBody::new(body, None)))
-                }
-                Err(err) => Err(err),
-            });
-        }
-        let result = ready!(self.as_mut().poll_inner(cx));
-        let this = self.project();
-        Poll::Ready(match result {
-            Ok(response) => Ok(response.map(|body| ResponseBody::new(body, None))),
-            Err((Failure::Inner(err), _)) => Err(err),
-            Err((Failure::Rejected(err), _)) => {
+                    response.map(|body| ResponseBody::new(body, None))
+                }));
+            }
+            if let Some(err) = ready!(self.as_mut().poll_slow(cx)) {
+                let core = &self.core;
                 let headers_for = err.clone();
-                let mut response = rejection_response(err, this.core.status);
-                if this.core.report {
+                let mut response = rejection_response(err, core.status);
+                if core.report {
                     refusal_headers(
                         &mut response,
-                        this.quotas.as_ref().unwrap_or(&this.core.quotas),
+                        self.quotas.as_ref().unwrap_or(&core.quotas),
                         &headers_for,
-                        this.core.x_ratelimit,
+                        core.x_ratelimit,
                     );
                 }
-                Ok(response)
+                return Poll::Ready(Ok(response));
             }
-        })
+        }
     }
 }
 
