@@ -438,6 +438,17 @@ async fn server_cpu(conn: &mut MultiplexedConnection) -> f64 {
         .sum()
 }
 
+/// The CPU time of this thread so far, in seconds, from `/proc/thread-self/schedstat`
+/// (Linux; 0 elsewhere): nanoseconds on a CPU. The runtime is a current-thread one
+/// on this thread, so this is the client's work: the store, its background task and
+/// redis-rs's connection driver.
+fn client_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e9)
+}
+
 /// Each id's rate as a fraction of the baseline's, measured interleaved: blocks of
 /// [`PAIRED_BLOCK`] operations of the id and of the baseline alternate
 /// [`PAIRED_ROUNDS`] times, so that a change in the machine's load (a shared 2-core
@@ -461,24 +472,33 @@ async fn paired_ratios(ops: &[(&'static str, Op)], conn: &mut MultiplexedConnect
             let next = Arc::new(AtomicUsize::new(0));
             let (mut base, mut own) = (Duration::ZERO, Duration::ZERO);
             let (mut base_cpu, mut own_cpu) = (0.0, 0.0);
+            let (mut base_client, mut own_client) = (0.0, 0.0);
             for _ in 0..PAIRED_ROUNDS {
                 let before = server_cpu(conn).await;
+                let client_before = client_cpu();
                 base += run(baseline, &next, PAIRED_BLOCK, in_flight).await;
                 let between = server_cpu(conn).await;
+                let client_between = client_cpu();
                 own += run(op, &next, PAIRED_BLOCK, in_flight).await;
                 let after = server_cpu(conn).await;
+                let client_after = client_cpu();
                 base_cpu += between - before;
                 own_cpu += after - between;
+                base_client += client_between - client_before;
+                own_client += client_after - client_between;
             }
             let ops = f64::from(PAIRED_ROUNDS) * PAIRED_BLOCK as f64;
             println!(
                 "  {id:<18} {:>4.0} % ({:.1} µs per operation, baseline {:.1} µs; \
-                 server CPU {:.1} µs per operation, baseline {:.1} µs)",
+                 server CPU {:.1} µs per operation, baseline {:.1} µs; \
+                 client CPU {:.1} µs, baseline {:.1} µs)",
                 base.as_secs_f64() / own.as_secs_f64() * 100.0,
                 own.as_secs_f64() * 1e6 / ops,
                 base.as_secs_f64() * 1e6 / ops,
                 own_cpu * 1e6 / ops,
                 base_cpu * 1e6 / ops,
+                own_client * 1e6 / ops,
+                base_client * 1e6 / ops,
             );
         }
     }

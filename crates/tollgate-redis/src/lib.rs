@@ -289,6 +289,7 @@
 //! redis-server`), unless `TOLLGATE_SKIP_REDIS_TESTS=1` is set.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod concurrency;
 mod keys;
 mod maintenance;

@@ -363,9 +363,25 @@ fn an_admitted_state_expires_once_it_is_forgotten() {
     ])
     .unwrap();
     assert_eq!(d.admit("ttl", &q, 1, 0, 0, BASE)[0], 1);
-    // forget_after: the longest of W + g = 66 s and b·T = 30 s, plus 1 ms.
+    // forget_after: the longest of W + g = 66 s and b·T = 30 s, plus 1 ms; the TTL is
+    // twice that.
     let ttl = d.pttl("ttl");
-    assert!((65_900..=66_001).contains(&ttl), "{ttl}");
+    assert!((131_900..=132_002).contains(&ttl), "{ttl}");
+    // While the recorded end is far enough, an admission keeps the TTL as it is (a
+    // marker TTL survives it)...
+    let () = redis::cmd("PEXPIRE")
+        .arg("ttl")
+        .arg(500_000)
+        .query(&mut d.con)
+        .unwrap();
+    assert_eq!(d.admit("ttl", &q, 1, 0, 0, BASE + 10 * SEC)[0], 1);
+    let ttl = d.pttl("ttl");
+    assert!((499_000..=500_000).contains(&ttl), "{ttl}");
+    // ...and once the state must outlive it (66 s from 70 s is past 132 s), the TTL
+    // is set again.
+    assert_eq!(d.admit("ttl", &q, 1, 0, 0, BASE + 70 * SEC)[0], 1);
+    let ttl = d.pttl("ttl");
+    assert!((131_900..=132_002).contains(&ttl), "{ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,11 +444,20 @@ fn a_state_that_is_not_one_of_ours_is_replaced_not_read() {
     let t = BASE - BASE % (10 * SEC);
     // Each would refuse for a long time if it were read: a window already full, an
     // odd count, a count past the end, a NaN time, a length not of whole doubles.
-    let full = [sig, t as f64, 0.0, 0.0, 2.0, (t / (10 * SEC)) as f64, 1.0];
+    let full = [
+        sig,
+        t as f64,
+        0.0,
+        0.0,
+        0.0,
+        2.0,
+        (t / (10 * SEC)) as f64,
+        1.0,
+    ];
     for state in [
-        doubles(&[sig, t as f64, 0.0, 0.0, 3.0, 1.0, 1.0, 1.0]),
-        doubles(&[sig, t as f64, 0.0, 0.0, 4.0, 1.0, 1.0]),
-        doubles(&[sig, f64::NAN, 0.0, 1e30, 2.0, 1.0, 1.0]),
+        doubles(&[sig, t as f64, 0.0, 0.0, 0.0, 3.0, 1.0, 1.0, 1.0]),
+        doubles(&[sig, t as f64, 0.0, 0.0, 0.0, 4.0, 1.0, 1.0]),
+        doubles(&[sig, f64::NAN, 0.0, 1e30, 0.0, 2.0, 1.0, 1.0]),
         [doubles(&full), vec![0]].concat(),
     ] {
         let () = redis::cmd("SET")

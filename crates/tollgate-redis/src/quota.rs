@@ -163,7 +163,7 @@ impl RedisStore {
         let request = req
             .params
             .request(req.cost, shared.hold(&req.name), spacing, req.report);
-        let reply: Value = shared.eval(&SCRIPTS.admit, &req.name, &request[..]).await?;
+        let reply = shared.admit_call(&req.name, request).await?;
         let reply: Vec<i64> = match reply {
             // Admitted, nothing reported: the script answers `now` alone.
             Value::Int(now) => {

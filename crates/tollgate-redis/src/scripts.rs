@@ -21,11 +21,38 @@ end
 ";
 
 const WINDOWS: &str = include_str!("lua/windows.lua");
-pub(crate) const ADMIT: &str = include_str!("lua/admit.lua");
+pub(crate) const ADMIT: &str = concat!(
+    include_str!("lua/admit.lua"),
+    "return admit(KEYS[1], ARGV[1], clock())\n"
+);
+/// Several admissions in one call (see `batch.rs`): `KEYS[i]` and `ARGV[i]` are
+/// admission i's, answered in `out[i]`. Each runs under `pcall`, so that a command
+/// error (a value of another type under a key) is admission i's answer, `{3,
+/// message}`, and no other admission's. (Not an error reply inside the array:
+/// redis-rs turns an array holding one into an error for the whole call.)
+pub(crate) const ADMIT_BATCH: &str = concat!(
+    include_str!("lua/admit.lua"),
+    "local real = clock()
+local out = {}
+for i = 1, #KEYS do
+  local ok, r = pcall(admit, KEYS[i], ARGV[i], real)
+  if not ok then
+    if type(r) == 'table' then
+      r = r.err
+    end
+    r = {3, tostring(r)}
+  end
+  out[i] = r
+end
+return out
+"
+);
+
 pub(crate) const REFUND: &str = include_str!("lua/refund.lua");
 
 pub(crate) struct Scripts {
     pub(crate) admit: Script,
+    pub(crate) admit_batch: Script,
     pub(crate) refund: Script,
     pub(crate) cooldown: Script,
     pub(crate) global: Script,
@@ -44,6 +71,7 @@ fn plain(body: &str) -> Script {
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     admit: script(CLOCK, ADMIT),
+    admit_batch: script(CLOCK, ADMIT_BATCH),
     refund: script(CLOCK, REFUND),
     cooldown: script(CLOCK, include_str!("lua/cooldown.lua")),
     global: plain(include_str!("lua/global.lua")),

@@ -9,13 +9,14 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, RedisError, Script, ToRedisArgs};
-use tokio::sync::mpsc;
+use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tollgate::key::KeyId;
 use tollgate::store::MemoryStore;
 use tollgate::{Error, ErrorKind};
 
+use crate::batch::{Batcher, Pending};
 use crate::keys;
 use crate::maintenance::{self, Msg};
 use crate::queue::Queues;
@@ -116,6 +117,7 @@ pub struct RedisStoreBuilder {
     global_refresh: Duration,
     max_poll: Duration,
     policy: FailurePolicy,
+    batch: usize,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -143,6 +145,7 @@ impl RedisStoreBuilder {
             global_refresh: Duration::from_millis(200),
             max_poll: Duration::from_millis(50),
             policy: FailurePolicy::FailClosed,
+            batch: 16,
         }
     }
 
@@ -208,6 +211,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The most quota admissions sent in one call (default 16; 1 sends each alone).
+    ///
+    /// Admissions queued while earlier calls are in flight go out together, as one
+    /// `EVALSHA` that decides each of them alone; nothing waits to fill a batch. With
+    /// many admissions in flight this roughly halves Redis's CPU time per admission.
+    /// After a `CROSSSLOT` answer (Redis Cluster, or a proxy in front of one) batches
+    /// hold admissions of one key only. See the crate docs, "Batched admissions".
+    pub fn admission_batch(mut self, max: usize) -> Self {
+        self.batch = max.clamp(1, 256);
+        self
+    }
+
     /// Builds the store. Connects lazily: building succeeds while Redis is down (its
     /// requests then get the failure policy) and fails only for an invalid URL.
     ///
@@ -244,8 +259,10 @@ impl RedisStoreBuilder {
             global_refresh: self.global_refresh,
             nonce,
         }));
+        let batch = self.batch;
         Ok(RedisStore {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|weak| Shared {
+                batcher: (batch > 1).then(|| Batcher::start(weak.clone(), batch)),
                 conn,
                 prefix: self.prefix,
                 global_key,
@@ -327,6 +344,8 @@ pub(crate) struct Shared {
     pub(crate) handle: tokio::runtime::Handle,
     next_lease: AtomicU64,
     nonce: u64,
+    /// Where quota admissions go out in batches; `None` for `admission_batch(1)`.
+    batcher: Option<Batcher>,
 }
 
 impl RedisStore {
@@ -482,6 +501,31 @@ impl Shared {
         invocation.arg(args);
         let mut conn = self.conn.clone();
         self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs the admission script for the state `name` with `arg`: in a batch with
+    /// other admissions when batching is on (see `batch.rs`), else alone.
+    pub(crate) async fn admit_call(
+        &self,
+        name: &Arc<[u8]>,
+        arg: Vec<u8>,
+    ) -> Result<Value, StoreFailure> {
+        let Some(batcher) = &self.batcher else {
+            return self.eval(&SCRIPTS.admit, name, &arg[..]).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            name: Arc::clone(name),
+            arg,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(pending)) = batcher.tx.send(pending) {
+            // The dispatcher is gone (the runtime is shutting down): alone, then.
+            return self.eval(&SCRIPTS.admit, name, &pending.arg[..]).await;
+        }
+        // The dispatcher answers every admission it takes, unless its runtime stops
+        // first.
+        answer.await.unwrap_or(Err(StoreFailure::Down))
     }
 
     /// The error a request gets under [`FailurePolicy::FailClosed`].

@@ -53,6 +53,7 @@ every_store!(
     waiters_are_all_admitted_within_the_bound,
     concurrency_never_exceeds_the_limit_and_releases_on_drop,
     reject_mode_refuses_a_full_key_and_a_cancelled_waiter_leaks_nothing,
+    concurrent_admissions_over_many_keys_are_each_decided_exactly,
 );
 
 /// The cluster the suite runs on enforces Cluster's rule (else the suite passing there

@@ -20,78 +20,109 @@
 -- (The common answer is a bare integer: Redis turns a returned table into a reply
 -- element by element, after looking up its `err` and `ok` fields, about 4,500
 -- instructions for {1, now}.)
-local real = clock()
-local arg = ARGV[1]
-local cost, hold, spacing, report, forget, sig = sunpack('<dddddd', arg)
-local quotas = (#arg - 48) / 40
+local function admit(key, arg, real)
+  local cost, hold, spacing, report, forget, sig = sunpack('<dddddd', arg)
+  local quotas = (#arg - 48) / 40
 
-local s = load(KEYS[1])
-local lt, cd, nr = 0, 0, 0
-if s then
-  lt, cd, nr = s[2], s[3], s[4]
-  if s[1] ~= sig then
-    -- Made for another quota set (or by a cooldown before any admission): the
-    -- windows restart, the times stay.
-    s = nil
-  end
-end
--- Per key, time never runs backwards: a wall clock stepped back reopens nothing.
-local now = max(real, lt)
-
-local global = 0
-if hold > 0 then
-  global = real + hold
-end
-local cooldown = max(global, cd)
-local blocked = max(cooldown, nr)
-local waits = max(0, blocked - now)
-if spacing > 0 then
-  nr = now + spacing
-end
-
--- One pass: each quota's wait, and its window as it will be if all of them admit
--- (thrown away on a refusal).
-local o = {sig, now, cd, nr}
-local m, p = 4, 5
-local longest, index = 0, 0
-for i = 0, quotas - 1 do
-  local kind, limit, cap, window, step = sunpack('<ddddd', arg, 40 * i + 49)
-  if cost > cap then
-    return {2, i}
-  end
-  local c = 0
+  local s = load(key)
+  local lt, cd, nr, ex = 0, 0, 0, 0
   if s then
-    c = s[p] or 0
+    lt, cd, nr, ex = s[2], s[3], s[4], s[5]
+    if s[1] ~= sig then
+      -- Made for another quota set (or by a cooldown before any admission): the
+      -- windows restart, the times stay.
+      s = nil
+    end
   end
-  local wait = earliest(kind, limit, cap, window, step, s, p, c, now, cost) - now
-  if wait > longest then
-    longest, index = wait, i
+  -- Per key, time never runs backwards: a wall clock stepped back reopens nothing.
+  -- (Comparisons rather than math.max: each call of a C function costs more than
+  -- the few instructions of an `if`.)
+  local now = real
+  if lt > now then
+    now = lt
   end
-  m = commit(kind, window, step, s, p, c, now, cost, o, m)
-  p = p + c + 1
-end
-if longest > 0 or waits > 0 then
-  local throttled = 0
-  if waits > longest and cooldown >= blocked then
-    throttled = 1
-  end
-  return {0, now + max(longest, waits) - real, throttled, index}
-end
 
--- Milliseconds as a string: redis.call writes a number argument with "%.17g", which
--- costs as much as the rest of SET.
-local ttl = max(forget, cd - now, nr - now) + 1000
-redis.call('SET', KEYS[1], encode(o, m), 'PX', string.format('%d', math.ceil(ttl / 1000)))
+  local cooldown = cd
+  if hold > 0 and real + hold > cooldown then
+    cooldown = real + hold
+  end
+  local blocked = cooldown
+  if nr > blocked then
+    blocked = nr
+  end
+  local waits = blocked - now
+  if waits < 0 then
+    waits = 0
+  end
+  if spacing > 0 then
+    nr = now + spacing
+  end
 
-if report ~= 1 then
-  return now
+  -- One pass: each quota's wait, and its window as it will be if all of them admit
+  -- (thrown away on a refusal).
+  local o = {sig, now, cd, nr, ex}
+  local m, p = 5, 6
+  local longest, index = 0, 0
+  for i = 0, quotas - 1 do
+    local kind, limit, cap, window, step = sunpack('<ddddd', arg, 40 * i + 49)
+    if cost > cap then
+      return {2, i}
+    end
+    local c = 0
+    if s then
+      c = s[p] or 0
+    end
+    local wait = earliest(kind, limit, cap, window, step, s, p, c, now, cost) - now
+    if wait > longest then
+      longest, index = wait, i
+    end
+    m = commit(kind, window, step, s, p, c, now, cost, o, m)
+    p = p + c + 1
+  end
+  if longest > 0 or waits > 0 then
+    local throttled = 0
+    if waits > longest and cooldown >= blocked then
+      throttled = 1
+    end
+    if waits > longest then
+      longest = waits
+    end
+    return {0, now + longest - real, throttled, index}
+  end
+
+  -- The state must outlive its last use: `need` from now. Its TTL is set to twice
+  -- that, with the end recorded in the state (o[5], Redis µs), and left alone
+  -- (KEEPTTL) while the end is still far enough: setting a TTL costs about 5,000
+  -- instructions, a third of SET. No script ever shortens a TTL (the refund keeps it,
+  -- a cooldown only lengthens it), so the key lives at least until o[5].
+  local need = forget
+  if cd - now > need then
+    need = cd - now
+  end
+  if nr - now > need then
+    need = nr - now
+  end
+  need = need + 1000
+  if ex >= real + need then
+    redis.call('SET', key, encode(o, m), 'KEEPTTL')
+  else
+    -- Milliseconds as a string: redis.call writes a number argument with "%.17g",
+    -- which costs as much as the rest of SET.
+    local ms = math.ceil(2 * need / 1000)
+    o[5] = real + 1000 * ms
+    redis.call('SET', key, encode(o, m), 'PX', string.format('%d', ms))
+  end
+
+  if report ~= 1 then
+    return now
+  end
+  local out = {1, now}
+  p = 6
+  for i = 0, quotas - 1 do
+    local kind, limit, cap, window, step = sunpack('<ddddd', arg, 40 * i + 49)
+    local c = o[p]
+    out[2 * i + 3], out[2 * i + 4] = usage(kind, limit, cap, window, step, o, p, c, now)
+    p = p + c + 1
+  end
+  return out
 end
-local out = {1, now}
-p = 5
-for i = 0, quotas - 1 do
-  local kind, limit, cap, window, step = sunpack('<ddddd', arg, 40 * i + 49)
-  local c = o[p]
-  out[2 * i + 3], out[2 * i + 4] = usage(kind, limit, cap, window, step, o, p, c, now)
-  p = p + c + 1
-end
-return out

@@ -6,7 +6,7 @@
 -- Returns the microseconds until the key's cooldown ends.
 local real = clock()
 local delay = tonumber(ARGV[1])
-local s = load(KEYS[1]) or {0, 0, 0, 0}
+local s = load(KEYS[1]) or {0, 0, 0, 0, 0}
 s[3] = max(s[3], real + delay)
 local ttl = max(redis.call('PTTL', KEYS[1]), math.ceil((s[3] - real) / 1000) + 1)
 redis.call('SET', KEYS[1], encode(s, #s), 'PX', ttl)

@@ -18,7 +18,7 @@ if s then
 end
 local now = max(real, lt)
 local out = {leases, max(0, cd - real)}
-local p = 5
+local p = 6
 for i = 0, (#set - 8) / 40 - 1 do
   local kind, limit, cap, window, step = sunpack('<ddddd', set, 40 * i + 9)
   local c = 0

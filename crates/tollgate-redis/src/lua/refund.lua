@@ -13,7 +13,7 @@ if not s or s[1] ~= sunpack('<d', set) then
 end
 local now = max(clock(), s[2])
 local at, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
-local p = 5
+local p = 6
 for i = 0, (#set - 8) / 40 - 1 do
   local kind, _, _, window, step = sunpack('<ddddd', set, 40 * i + 9)
   local c = s[p] or 0

@@ -20,10 +20,11 @@
 --
 -- A key's state is one string of little-endian doubles, read by load() into one flat
 -- table and written back by encode():
---   {sig, lt, cd, nr, n1, <n1 numbers>, n2, <n2 numbers>, ...}
+--   {sig, lt, cd, nr, ex, n1, <n1 numbers>, n2, <n2 numbers>, ...}
 -- (the signature of the set it was made for, 0 for none; latest time, cooldown end,
--- next release; then each quota's window state as a count and its numbers; a count of
--- 0 is an empty window.)
+-- next release, the end of the TTL the admission script last set (0: unknown); then
+-- each quota's window state as a count and its numbers; a count of 0 is an empty
+-- window.)
 -- Below, a window is (s, p, c): its count is s[p], its numbers s[p+1] .. s[p+c].
 -- Times never go backwards per key (the caller clamps now to the latest time seen), so
 -- no state needs the out-of-order handling of the in-memory ring.
@@ -167,10 +168,20 @@ local function commit(kind, window, step, s, p, c, now, cost, o, m)
   return k
 end
 
--- The format of up to 64 doubles, DOUBLES:sub(1, n + 1) for n: cut from a constant
--- rather than built on every call.
+-- The format of n (at most 64) doubles, cut from a constant once per call of the
+-- script and kept: making a string costs about 1,000 to 2,500 instructions, and a
+-- batch of admissions mostly reads and writes states of a few lengths.
 local DOUBLES =
   '<dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd'
+local FORMATS = {}
+local function doubles(n)
+  local f = FORMATS[n]
+  if not f then
+    f = DOUBLES:sub(1, n + 1)
+    FORMATS[n] = f
+  end
+  return f
+end
 
 -- A key's quota state, or nil when there is none (or it is not one of ours: a value
 -- left by another version or another program is replaced, never trusted). The caller
@@ -181,13 +192,13 @@ local function load(key)
     return nil
   end
   local len = #raw / 8
-  if len < 4 or len % 1 ~= 0 then
+  if len < 5 or len % 1 ~= 0 then
     return nil
   end
   local s
   if len <= 64 then
     -- The numbers, then the position after them (cut).
-    s = {sunpack(DOUBLES:sub(1, len + 1), raw)}
+    s = {sunpack(doubles(len), raw)}
     s[len + 1] = nil
   else
     -- Lua's stack holds about 8,000 values: a long state is read in slices.
@@ -195,7 +206,7 @@ local function load(key)
     local m = 0
     while m < len do
       local k = min(len - m, 64)
-      local part = {sunpack(DOUBLES:sub(1, k + 1), raw, 8 * m + 1)}
+      local part = {sunpack(doubles(k), raw, 8 * m + 1)}
       for i = 1, k do
         s[m + i] = part[i]
       end
@@ -203,10 +214,10 @@ local function load(key)
     end
   end
   -- (x ~= x: NaN)
-  if s[2] ~= s[2] or s[3] ~= s[3] or s[4] ~= s[4] then
+  if s[2] ~= s[2] or s[3] ~= s[3] or s[4] ~= s[4] or s[5] ~= s[5] then
     return nil
   end
-  local p = 5
+  local p = 6
   while p <= len do
     local c = s[p]
     if c < 0 or c % 2 ~= 0 or p + c > len then
@@ -225,12 +236,12 @@ end
 -- The state string of s[1 .. m], a table as load() returns.
 local function encode(s, m)
   if m <= 64 then
-    return spack(DOUBLES:sub(1, m + 1), unpack(s, 1, m))
+    return spack(doubles(m), unpack(s, 1, m))
   end
   local parts = {}
   for i = 1, m, 64 do
     local j = min(i + 63, m)
-    parts[#parts + 1] = spack(DOUBLES:sub(1, j - i + 2), unpack(s, i, j))
+    parts[#parts + 1] = spack(doubles(j - i + 1), unpack(s, i, j))
   end
   return table.concat(parts)
 end

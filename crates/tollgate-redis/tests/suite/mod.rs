@@ -419,3 +419,39 @@ pub(crate) async fn reject_mode_refuses_a_full_key_and_a_cancelled_waiter_leaks_
         ErrorKind::ConcurrencyLimited
     );
 }
+
+/// Many admissions at once over many keys (which a Redis store sends in batches):
+/// each key admits exactly its limit, whatever else shares the call, and the grants
+/// of one key are on distinct units.
+pub(crate) async fn concurrent_admissions_over_many_keys_are_each_decided_exactly<
+    St: QuotaStore + Clone + Send + Sync + 'static,
+>(
+    store: St,
+) where
+    St::Acquire: Send,
+{
+    const KEYS: usize = 24;
+    const LIMIT: u32 = 5;
+    const TRIES: usize = 3 * LIMIT as usize;
+    let quotas = set(&[Quota::sliding(LIMIT, Duration::from_secs(3600)).unwrap()]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..TRIES {
+        for k in 0..KEYS {
+            let (store, quotas) = (store.clone(), quotas.clone());
+            tasks.spawn(async move {
+                let key = Key::new(format!("many-{k}")).unwrap();
+                let ask = QuotaAsk::new(&quotas, 1);
+                (k, round, admit(&store, &key, &ask).await)
+            });
+        }
+    }
+    let mut admitted = [0u32; KEYS];
+    while let Some(done) = tasks.join_next().await {
+        let (k, _, outcome) = done.expect("an admission task");
+        match outcome {
+            Ok(_) => admitted[k] += 1,
+            Err(err) => assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{err}"),
+        }
+    }
+    assert_eq!(admitted, [LIMIT; KEYS]);
+}

@@ -1,0 +1,230 @@
+//! Admissions sent together: the quota admissions that are waiting to go out at the
+//! same moment share one `EVALSHA`.
+//!
+//! With many admissions in flight, Redis's CPU bounds their rate, and a good part of
+//! an admission's cost is fixed per call: the `EVALSHA` itself (parsing, the script
+//! lookup, `KEYS` and `ARGV`), `TIME`, and the script's closures. So the store's
+//! admissions go to one dispatcher task through a channel; each time it wakes, it
+//! takes every admission queued meanwhile (up to the builder's
+//! [`admission_batch`](crate::RedisStoreBuilder::admission_batch), 16 by default) and
+//! sends them as one call of the batch script, which runs the admission script's
+//! function once per admission, in order, on one reading of `TIME`. Nothing waits to
+//! fill a batch: a lone admission goes out at once, as a call of the single script,
+//! and a batch forms only from admissions that were already waiting while earlier
+//! calls were in flight. Calls are not serialised either: the dispatcher starts a
+//! call and takes the next batch without waiting for the answer, and the one
+//! multiplexed connection pipelines them.
+//!
+//! What a batch keeps of single calls:
+//!
+//! - **Each admission is decided alone**, atomically, exactly as if it were a call of
+//!   its own made at the batch's `TIME`: a refusal or a never-fitting cost answers that
+//!   admission only, and admissions of one key in one batch see each other's effects
+//!   in queue order (FIFO per key holds).
+//! - **Each admission fails alone.** The batch script runs each admission under
+//!   `pcall`: a command error (another program's value of another type under a key)
+//!   fails that admission, whose request gets the failure policy, and no other.
+//! - **One round trip per admission**, at most: an admission is sent once, in one
+//!   call, whether alone or with others; a batch is not retried as a whole after its
+//!   scripts may have run.
+//! - **Redis Cluster and proxies.** A batch names keys of several hash slots, which a
+//!   Cluster node, or a proxy in front of a cluster, refuses with `CROSSSLOT` before
+//!   running anything. On that answer the store sends the batch's admissions again
+//!   one per call, and from then on batches only admissions of the same key. A proxy
+//!   that refuses such scripts in another way needs `admission_batch(1)`.
+//! - **Timeouts and failures** are per call, as before: a batch that times out gives
+//!   each of its admissions a timeout, and marks Redis down once.
+//!
+//! Measured in `benches/benches/redis.rs` (32 admissions in flight on one
+//! connection); see the crate docs for the figures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use redis::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::scripts::SCRIPTS;
+use crate::store::{Shared, StoreFailure};
+
+/// Calls of admissions in flight at once per store. Below it an admission goes out
+/// at once; at it, admissions queue in the channel and leave together, in one call,
+/// as soon as a call ends. Two would keep Redis busy (one call running, the next
+/// queued behind it); four leave room for the network's latency.
+const CALLS_IN_FLIGHT: usize = 4;
+
+/// One admission waiting to go out: its state's name, the script's argument, and
+/// where its answer goes.
+pub(crate) struct Pending {
+    pub(crate) name: Arc<[u8]>,
+    pub(crate) arg: Vec<u8>,
+    pub(crate) reply: oneshot::Sender<Result<Value, StoreFailure>>,
+}
+
+/// The store's side of the dispatcher: where admissions go.
+pub(crate) struct Batcher {
+    pub(crate) tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the dispatcher on the current runtime, for batches of up to `max`.
+    pub(crate) fn start(shared: Weak<Shared>, max: usize) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Whether batches may mix keys: cleared for good by the first `CROSSSLOT`.
+        let cross_key = Arc::new(AtomicBool::new(true));
+        tokio::spawn(dispatch(shared, rx, max, cross_key));
+        Batcher { tx }
+    }
+}
+
+/// Takes what is queued, up to `max` at a time, and starts a call for it. Ends when
+/// every store clone (and so every sender) is gone.
+async fn dispatch(
+    shared: Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    max: usize,
+    cross_key: Arc<AtomicBool>,
+) {
+    let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let mut queued = Vec::with_capacity(max);
+    loop {
+        // A call slot first: while every slot is taken, admissions queue up and
+        // leave together when one frees.
+        let Ok(slot) = Arc::clone(&calls).acquire_owned().await else {
+            return;
+        };
+        let slot = Arc::new(slot);
+        if rx.recv_many(&mut queued, max).await == 0 {
+            return;
+        }
+        let Some(store) = shared.upgrade() else {
+            return;
+        };
+        let mut batch = std::mem::replace(&mut queued, Vec::with_capacity(max));
+        if cross_key.load(Ordering::Relaxed) {
+            tokio::spawn(send(store, batch, Arc::clone(&cross_key), slot));
+        } else {
+            // Only admissions of one key together: split by name, in order.
+            while !batch.is_empty() {
+                let name = Arc::clone(&batch[0].name);
+                let (same, rest): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|p| p.name == name);
+                tokio::spawn(send(
+                    Arc::clone(&store),
+                    same,
+                    Arc::clone(&cross_key),
+                    Arc::clone(&slot),
+                ));
+                batch = rest;
+            }
+        }
+    }
+}
+
+/// Sends one batch and hands each admission its answer; `_slot` is its call slot,
+/// freed when the call ends.
+async fn send(
+    store: Arc<Shared>,
+    batch: Vec<Pending>,
+    cross_key: Arc<AtomicBool>,
+    _slot: Arc<OwnedSemaphorePermit>,
+) {
+    if let [_] = batch[..] {
+        let Some(one) = batch.into_iter().next() else {
+            return;
+        };
+        let answer = store.eval(&SCRIPTS.admit, &one.name, &one.arg[..]).await;
+        let _ = one.reply.send(answer);
+        return;
+    }
+    let mut invocation = SCRIPTS.admit_batch.prepare_invoke();
+    for pending in &batch {
+        invocation.key(&*pending.name);
+        invocation.arg(&pending.arg[..]);
+    }
+    let mut conn = store.conn.clone();
+    let answer: Result<Vec<Value>, StoreFailure> =
+        store.bounded(invocation.invoke_async(&mut conn)).await;
+    match answer {
+        Ok(values) if values.len() == batch.len() => {
+            for (pending, value) in batch.into_iter().zip(values) {
+                let _ = pending.reply.send(own_answer(value));
+            }
+        }
+        Ok(values) => {
+            let detail = format!("{} answers for {} admissions", values.len(), batch.len());
+            tracing::warn!(target: "tollgate::redis", detail, "a batch of admissions answered wrongly");
+            for pending in batch {
+                let _ =
+                    pending
+                        .reply
+                        .send(Err(copy(&StoreFailure::Redis(redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "a batch of admissions answered wrongly",
+                            detail.clone(),
+                        ))))));
+            }
+        }
+        Err(StoreFailure::Redis(err)) if crossslot(&err) => {
+            // Refused before anything ran: each again on its own, and no more mixed
+            // batches.
+            if cross_key.swap(false, Ordering::Relaxed) {
+                tracing::info!(target: "tollgate::redis", "the server refuses scripts across hash slots: admissions are batched per key from now on");
+            }
+            for pending in batch {
+                let answer = store
+                    .eval(&SCRIPTS.admit, &pending.name, &pending.arg[..])
+                    .await;
+                let _ = pending.reply.send(answer);
+            }
+        }
+        Err(failure) => {
+            // One failure for the call (already counted: Redis marked down if it
+            // is); each admission gets its own copy of it.
+            for pending in batch {
+                let _ = pending.reply.send(Err(copy(&failure)));
+            }
+        }
+    }
+}
+
+/// A copy of `failure` for one admission of a batch.
+fn copy(failure: &StoreFailure) -> StoreFailure {
+    match failure {
+        StoreFailure::Timeout(after) => StoreFailure::Timeout(*after),
+        StoreFailure::Down => StoreFailure::Down,
+        StoreFailure::Redis(err) => StoreFailure::Redis(err.clone()),
+    }
+}
+
+/// One admission's answer in a batch's: the admission script's own, or `{3,
+/// message}` for an error that admission alone met (a failure for its request, which
+/// marks nothing down, as the same error answered to a call of its own).
+fn own_answer(value: Value) -> Result<Value, StoreFailure> {
+    let failed = match &value {
+        Value::Array(items) => match &items[..] {
+            [Value::Int(3), message] => Some(message),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(message) = failed {
+        let message = match message {
+            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let err = redis::RedisError::from((
+            redis::ErrorKind::Extension,
+            "an admission's script failed",
+            message,
+        ));
+        tracing::warn!(target: "tollgate::redis", error = %err, "redis refused a call");
+        return Err(StoreFailure::Redis(err));
+    }
+    Ok(value)
+}
+
+/// A `CROSSSLOT` refusal: the keys of one call span several hash slots.
+fn crossslot(err: &redis::RedisError) -> bool {
+    err.code() == Some("CROSSSLOT")
+}
