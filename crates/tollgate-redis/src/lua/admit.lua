@@ -60,7 +60,10 @@ local function admit(key, arg, real)
 
   -- One pass: each quota's wait, and its window as it will be if all of them admit
   -- (thrown away on a refusal).
-  local o = {sig, now, cd, nr, ex}
+  -- Made with room for the windows (twelve numbers: one sliding window of three
+  -- buckets, or two small windows): a table that outgrows its array part is rehashed,
+  -- each time about as dear as making it. encode() writes o[1 .. m] only.
+  local o = {sig, now, cd, nr, ex, 0, 0, 0, 0, 0, 0, 0}
   local m, p = 5, 6
   local longest, index = 0, 0
   for i = 0, quotas - 1 do
