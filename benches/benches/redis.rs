@@ -26,14 +26,19 @@
 //!   latency of one admission (a round trip, the script, the client's work);
 //! - `redis_pipelined_32`: 32 tasks share the iterations, so 32 operations are in
 //!   flight at once on the one multiplexed connection (redis-rs pipelines them): the
-//!   throughput one process gets from one connection.
+//!   throughput one process gets from one connection. The store, with its default
+//!   `admission_batch`, sends the quota admissions that queue up meanwhile together,
+//!   several per `EVALSHA` (the baseline stays one call per operation: it is the
+//!   price of one round trip); leases go one per call.
 //!
 //! Criterion reports time per operation and operations per second (`thrpt`). The
 //! figure of merit is each id's rate as a fraction of `evalsha_baseline`'s **in the
 //! same group**; the target is at least 50 %. Since criterion measures the ids one
 //! after the other, a machine whose load changes meanwhile skews that fraction: the
 //! bench therefore also prints it measured interleaved (blocks of 500 operations of
-//! the id and of the baseline alternating, 10 times), before criterion's runs.
+//! the id and of the baseline alternating, 10 times), before criterion's runs, with
+//! Redis's CPU time per operation (`INFO cpu`) and the client thread's
+//! (`/proc/thread-self/schedstat`, the runtime being current-thread).
 //!
 //! Before measuring, the bench checks what each operation sends to Redis: it runs
 //! 1,000 of them one at a time on a store of its own (background reads of the global

@@ -10,8 +10,9 @@
 //! <prefix>{_global}:cooldown      the global cooldown (its end, Redis µs)
 //! ```
 //!
-//! Every script touches one key, and a key's two names share one hash tag, so all of
-//! them live in one Redis Cluster slot. `_global` is not hex, so no tollgate key can
+//! Every script touches one key (a batch of admissions aside, which falls back to one
+//! key per call on Cluster: see `batch.rs`), and a key's two names share one hash
+//! tag, so all of them live in one Redis Cluster slot. `_global` is not hex, so no tollgate key can
 //! name the global cooldown's tag.
 
 use tollgate::key::Key;

@@ -53,9 +53,11 @@
 //!
 //! # Quotas: one script, one round trip, Redis's clock
 //!
-//! Each admission is one `EVALSHA` of a Lua script (loaded once per server; redis-rs
-//! loads it again and retries after a `NOSCRIPT` answer, as after a restart or a
-//! failover). The script reads Redis `TIME`, so the workers' own clocks never matter,
+//! Each admission is one `EVALSHA` of a Lua script, alone or with other admissions
+//! in flight at the same time (see "Batched admissions"). Scripts are loaded once
+//! per server; redis-rs loads one again and retries after a `NOSCRIPT` answer, as
+//! after a restart or a failover. The script reads Redis `TIME`, so the workers' own
+//! clocks never matter,
 //! then runs the window maths of [`tollgate::quota`] on the key's state, for every
 //! quota of the set, and commits to all of them or to none. The kinds keep their
 //! semantics and worst cases exactly:
@@ -90,17 +92,19 @@
 //! so a refund is exact (sliding, fixed; smooth when refunded promptly) and never
 //! gives back more than the admission holds. Refunds, like cooldowns, are sent by a
 //! spawned task: [`QuotaStore::refund`](tollgate::store::QuotaStore::refund) never
-//! blocks. A key's state expires (`PX`) `forget_after` after its last admission (the
-//! longest of `W + g`, `W`, `b·T` over its quotas), or when its cooldown ends if
-//! later: an idle key costs nothing.
+//! blocks. A key's state expires once it no longer matters: at the earliest
+//! `forget_after` after its last admission (the longest of `W + g`, `W`, `b·T` over
+//! its quotas), or when its cooldown ends if later, and at the latest twice that
+//! after the admission that last set its TTL (see below): an idle key costs nothing.
 //!
 //! With headers on, the same round trip returns each quota's remaining units and reset
 //! time, for the `RateLimit` fields.
 //!
 //! ## What an admission costs
 //!
-//! An admission is one `EVALSHA` with three commands inside: `TIME`, `GET`, and a
-//! `SET … PX` when it admits (a refusal writes nothing). With many admissions in
+//! An admission is one `EVALSHA` (alone, or in a batch: see below) with three
+//! commands inside: `TIME` (once per call), `GET`, and a `SET` when it admits (a
+//! refusal writes nothing). With many admissions in
 //! flight, Redis's time in the script is what bounds their rate, so the script is
 //! written for that path. What a script costs was counted in instructions (callgrind
 //! on redis-server 7.0, 3,000 calls over 10,000 keys; timings on a shared two-core VM
@@ -132,8 +136,17 @@
 //! - one pass over the quotas computes each wait and builds the new state, which a
 //!   refusal throws away: no table per quota or per window;
 //! - the answer to an admission without headers is `now` as a bare integer;
-//! - the `PX` milliseconds are a string (`redis.call` writes a number argument with
-//!   `%.17g`, as dear as the `SET` itself);
+//! - the TTL is set only when needed: the state records the end of the TTL the
+//!   script last set, which is twice what the state needs; while that end is far
+//!   enough, the `SET` is `KEEPTTL`, which saves about 5,000 instructions (a third of
+//!   the `SET`). No script shortens a TTL (a refund keeps it, a cooldown only
+//!   lengthens it), so the key lives at least until the recorded end. The price: an
+//!   idle key's state stays up to twice its `forget_after`;
+//! - when the TTL is set, its milliseconds are a string (`redis.call` writes a number
+//!   argument with `%.17g`, as dear as the `SET` itself);
+//! - the new state's table is made with room for twelve numbers: a Lua table that
+//!   outgrows its array part is rehashed, and that cost 6,600 instructions per
+//!   admission (54,500 → 47,900 through the store, 32 in flight);
 //! - `TIME`'s strings are converted by arithmetic, not `tonumber`.
 //!
 //! An admission of one sliding quota went from 97,000 instructions to 81,000 (two
@@ -147,15 +160,40 @@
 //!   flush, and a fallback for older servers;
 //! - skipping `TIME`: a script has no other clock (a key's TTL gives milliseconds and
 //!   costs a command too), and the workers' clocks must not matter;
-//! - `SET … KEEPTTL` while the key's TTL is long enough: an idle key would then
-//!   outlive its `forget_after`;
 //! - `PSETEX` for `SET … PX` (350 instructions fewer), and building the `usage`
-//!   closure only when headers are asked for (1,300 fewer): not worth the tangle;
-//! - several queued admissions (of different keys) in one `EVALSHA`, sharing the
-//!   `EVALSHA`, `TIME` and the closures: a prototype counted 58,000 instructions per
-//!   admission in batches of 8, 54,000 in batches of 32, against 81,000. Its scripts
-//!   would touch keys of several Cluster slots, which a proxy in front of a cluster
-//!   refuses, and every admission of a batch would share one failure; not done.
+//!   closure only when headers are asked for (1,300 fewer): not worth the tangle.
+//!
+//! ## Batched admissions
+//!
+//! What is fixed per call (the `EVALSHA`, `TIME`, the closures) is shared by the
+//! admissions that are in flight together: the store sends its quota admissions
+//! through one dispatcher task, which keeps at most four calls in flight and sends
+//! what queued up meanwhile (up to [`admission_batch`](RedisStoreBuilder::admission_batch),
+//! 16 by default) as one call of a batch script. That script runs the admission
+//! function once per admission, in queue order, on one reading of `TIME`, each under
+//! `pcall`:
+//!
+//! - each admission is decided alone and atomically, as a call of its own at that
+//!   time would be; admissions of one key in one batch see each other in FIFO order;
+//! - an error met by one admission (another program's value under its key) is that
+//!   admission's failure only; a call that fails or times out gives each of its
+//!   admissions the failure;
+//! - below four calls in flight nothing waits: a lone admission goes out at once, as
+//!   a call of the single-admission script;
+//! - an admission is sent once, in one call: at most one round trip per admission;
+//! - a batch names keys of many hash slots. A Cluster node (or a proxy in front of a
+//!   cluster) refuses it with `CROSSSLOT` before running anything; the store then
+//!   sends those admissions again one per call and from then on batches only
+//!   admissions of one key. A proxy that refuses such scripts another way needs
+//!   `admission_batch(1)`.
+//!
+//! Counted with callgrind on redis-server 7.0 (admissions through the store, 32 in
+//! flight, so batches of up to 16), Redis spends about 48,000 instructions per
+//! admission of one sliding quota (46,000 for a smooth quota) against 81,000 for one
+//! call per admission. `benches/benches/redis.rs` measures the rates; the figures
+//! are in the README.
+//!
+//! Concurrency leases are not batched: an acquisition is one call of its own.
 //!
 //! ## Wait mode and fairness
 //!
@@ -220,10 +258,11 @@
 //!
 //! ```text
 //! <prefix>{<hex of the key>}:q    quota state: little-endian doubles
-//!                                  [sig, lt, cd, nr, n1, ..., n2, ...]
+//!                                  [sig, lt, cd, nr, ex, n1, ..., n2, ...]
 //!                                  (the quota set's signature, latest time,
-//!                                  cooldown end, next release, then per quota a
-//!                                  count and its window's numbers)
+//!                                  cooldown end, next release, end of the TTL
+//!                                  last set, then per quota a count and its
+//!                                  window's numbers)
 //! <prefix>{<hex of the key>}:c    concurrency leases: sorted set, member = lease id,
 //!                                  score = expiry (Redis µs)
 //! <prefix>{_global}:cooldown      the global cooldown's end (Redis µs)
@@ -234,7 +273,9 @@
 //! The [prefix](RedisStoreBuilder::prefix) (default `tollgate:`) may not contain `{`
 //! or `}`. Every script touches the names of one tollgate key only, declared in
 //! `KEYS` and sharing its hash tag, so every call is valid on Redis Cluster; renewals
-//! and releases are pipelines of single-key commands.
+//! and releases are pipelines of single-key commands. A batch of admissions names
+//! several keys, and falls back to one key per call on Cluster (see "Batched
+//! admissions").
 //! The connection here is a single-endpoint `ConnectionManager` (a standalone Redis,
 //! or a proxy in front of a cluster); nothing in the layout or the scripts would change
 //! for redis-rs's cluster connection. The behaviour suite runs against a standalone
