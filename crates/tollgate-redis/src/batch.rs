@@ -41,7 +41,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use redis::Value;
+use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::scripts::SCRIPTS;
@@ -53,17 +53,91 @@ use crate::store::{Shared, StoreFailure};
 /// queued behind it); four leave room for the network's latency.
 const CALLS_IN_FLIGHT: usize = 4;
 
-/// One admission waiting to go out: its state's name, the script's argument, and
-/// where its answer goes.
+/// One admission waiting to go out: its key's name, what it asks, and where its
+/// answer goes.
 pub(crate) struct Pending {
     pub(crate) name: Arc<[u8]>,
-    pub(crate) arg: Vec<u8>,
+    pub(crate) call: Call,
     pub(crate) reply: oneshot::Sender<Result<Value, StoreFailure>>,
+}
+
+/// What an admission asks: a batch holds calls of one kind.
+pub(crate) enum Call {
+    /// A quota admission: the admission script's one argument.
+    Quota(Vec<u8>),
+    /// A concurrency lease: its member, the limit and the lease's TTL as two doubles,
+    /// the key's TTL in milliseconds (see `lua/lease_acquire.lua`).
+    Lease {
+        member: String,
+        numbers: [u8; 16],
+        key_ttl: String,
+    },
+}
+
+impl Call {
+    /// Calls of one kind go in one batch.
+    fn kind(&self) -> u8 {
+        match self {
+            Call::Quota(_) => 0,
+            Call::Lease { .. } => 1,
+        }
+    }
+
+    /// The script for this call alone, and for a batch of calls of its kind.
+    fn scripts(&self) -> (&'static Script, &'static Script) {
+        match self {
+            Call::Quota(_) => (&SCRIPTS.admit, &SCRIPTS.admit_batch),
+            Call::Lease { .. } => (&SCRIPTS.lease_acquire, &SCRIPTS.lease_batch),
+        }
+    }
+
+    fn args(&self, invocation: &mut ScriptInvocation<'_>) {
+        match self {
+            Call::Quota(arg) => {
+                invocation.arg(&arg[..]);
+            }
+            Call::Lease {
+                member,
+                numbers,
+                key_ttl,
+            } => {
+                invocation
+                    .arg(member.as_str())
+                    .arg(&numbers[..])
+                    .arg(key_ttl.as_str());
+            }
+        }
+    }
 }
 
 /// The store's side of the dispatcher: where admissions go.
 pub(crate) struct Batcher {
     pub(crate) tx: mpsc::UnboundedSender<Pending>,
+}
+
+/// Runs `call` for the key `name`: in a batch with others when `batcher` is on, else
+/// alone.
+pub(crate) async fn run(
+    store: &Shared,
+    batcher: Option<&Batcher>,
+    name: &Arc<[u8]>,
+    call: Call,
+) -> Result<Value, StoreFailure> {
+    let Some(batcher) = batcher else {
+        return alone(store, call.scripts().0, name, &call).await;
+    };
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending {
+        name: Arc::clone(name),
+        call,
+        reply,
+    };
+    if let Err(mpsc::error::SendError(pending)) = batcher.tx.send(pending) {
+        // The dispatcher is gone (its runtime is shutting down): alone, then.
+        return alone(store, pending.call.scripts().0, name, &pending.call).await;
+    }
+    // The dispatcher answers every call it takes, unless its runtime stops first.
+    answer.await.unwrap_or(Err(StoreFailure::Down))
 }
 
 impl Batcher {
@@ -101,22 +175,21 @@ async fn dispatch(
             return;
         };
         let mut batch = std::mem::replace(&mut queued, Vec::with_capacity(max));
-        if cross_key.load(Ordering::Relaxed) {
-            tokio::spawn(send(store, batch, Arc::clone(&cross_key), slot));
-        } else {
-            // Only admissions of one key together: split by name, in order.
-            while !batch.is_empty() {
-                let name = Arc::clone(&batch[0].name);
-                let (same, rest): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(|p| p.name == name);
-                tokio::spawn(send(
-                    Arc::clone(&store),
-                    same,
-                    Arc::clone(&cross_key),
-                    Arc::clone(&slot),
-                ));
-                batch = rest;
-            }
+        let mixed_keys = cross_key.load(Ordering::Relaxed);
+        // One call per kind (quotas, leases) and, once mixed keys were refused, per
+        // key; in queue order within each.
+        while !batch.is_empty() {
+            let (kind, name) = (batch[0].call.kind(), Arc::clone(&batch[0].name));
+            let (same, rest): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|p| p.call.kind() == kind && (mixed_keys || p.name == name));
+            tokio::spawn(send(
+                Arc::clone(&store),
+                same,
+                Arc::clone(&cross_key),
+                Arc::clone(&slot),
+            ));
+            batch = rest;
         }
     }
 }
@@ -129,18 +202,19 @@ async fn send(
     cross_key: Arc<AtomicBool>,
     _slot: Arc<OwnedSemaphorePermit>,
 ) {
+    let (single, batched) = batch[0].call.scripts();
     if let [_] = batch[..] {
         let Some(one) = batch.into_iter().next() else {
             return;
         };
-        let answer = store.eval(&SCRIPTS.admit, &one.name, &one.arg[..]).await;
+        let answer = alone(&store, single, &one.name, &one.call).await;
         let _ = one.reply.send(answer);
         return;
     }
-    let mut invocation = SCRIPTS.admit_batch.prepare_invoke();
+    let mut invocation = batched.prepare_invoke();
     for pending in &batch {
         invocation.key(&*pending.name);
-        invocation.arg(&pending.arg[..]);
+        pending.call.args(&mut invocation);
     }
     let mut conn = store.conn.clone();
     let answer: Result<Vec<Value>, StoreFailure> =
@@ -172,9 +246,7 @@ async fn send(
                 tracing::info!(target: "tollgate::redis", "the server refuses scripts across hash slots: admissions are batched per key from now on");
             }
             for pending in batch {
-                let answer = store
-                    .eval(&SCRIPTS.admit, &pending.name, &pending.arg[..])
-                    .await;
+                let answer = alone(&store, single, &pending.name, &pending.call).await;
                 let _ = pending.reply.send(answer);
             }
         }
@@ -186,6 +258,19 @@ async fn send(
             }
         }
     }
+}
+
+/// One call on its own, with the single-call `script` of its kind.
+async fn alone(
+    store: &Shared,
+    script: &Script,
+    name: &[u8],
+    call: &Call,
+) -> Result<Value, StoreFailure> {
+    let mut invocation = script.key(name);
+    call.args(&mut invocation);
+    let mut conn = store.conn.clone();
+    store.bounded(invocation.invoke_async(&mut conn)).await
 }
 
 /// A copy of `failure` for one admission of a batch.

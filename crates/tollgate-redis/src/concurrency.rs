@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use redis::FromRedisValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tollgate::key::Key;
 use tollgate::store::{Admission, ConcurrencyFeedback, ConcurrencyStore, MemoryPermit, WaitPolicy};
 use tollgate::{Error, ErrorKind};
 
+use crate::batch::Call;
 use crate::keys;
 use crate::maintenance::Msg;
 use crate::queue::Place;
-use crate::scripts::SCRIPTS;
 use crate::store::{FailurePolicy, RedisStore, Shared, StoreFailure, micros_up};
 
 /// The first pause of a waiting request between two tries; it doubles up to the
@@ -161,9 +162,13 @@ impl RedisStore {
         let mut numbers = [0; 16];
         numbers[..8].copy_from_slice(&f64::from(req.limit).to_le_bytes());
         numbers[8..].copy_from_slice(&(ttl as f64).to_le_bytes());
-        let key_ttl = (ttl.div_ceil(1000) + 1).to_string();
-        let args = (shared.lease_member(id), &numbers[..], key_ttl);
-        let wait: i64 = shared.eval(&SCRIPTS.lease_acquire, &req.name, args).await?;
+        let call = Call::Lease {
+            member: shared.lease_member(id),
+            numbers,
+            key_ttl: (ttl.div_ceil(1000) + 1).to_string(),
+        };
+        let answer = shared.call(&req.name, call).await?;
+        let wait = i64::from_redis_value(answer).map_err(|err| StoreFailure::Redis(err.into()))?;
         pending.armed = false;
         if wait == 0 {
             let key = Arc::clone(&req.name);

@@ -16,6 +16,7 @@ use tollgate::store::{
 };
 use tollgate::{Error, ErrorKind};
 
+use crate::batch::Call;
 use crate::keys;
 use crate::queue::Place;
 use crate::scripts::SCRIPTS;
@@ -163,7 +164,7 @@ impl RedisStore {
         let request = req
             .params
             .request(req.cost, shared.hold(&req.name), spacing, req.report);
-        let reply = shared.admit_call(&req.name, request).await?;
+        let reply = shared.call(&req.name, Call::Quota(request)).await?;
         let reply: Vec<i64> = match reply {
             // Admitted, nothing reported: the script answers `now` alone.
             Value::Int(now) => {

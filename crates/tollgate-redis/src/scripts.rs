@@ -48,6 +48,27 @@ return out
 "
 );
 
+/// Several lease acquisitions in one call, as `ADMIT_BATCH` admissions: `KEYS[i]` and
+/// `ARGV[3i - 2 .. 3i]` are acquisition i's, answered in `out[i]` (`{3, message}` for
+/// an error of its own).
+const LEASE_BATCH: &str = concat!(
+    include_str!("lua/lease_acquire.lua"),
+    "local real = clock()
+local out = {}
+for i = 1, #KEYS do
+  local ok, r = pcall(lease, KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i], real)
+  if not ok then
+    if type(r) == 'table' then
+      r = r.err
+    end
+    r = {3, tostring(r)}
+  end
+  out[i] = r
+end
+return out
+"
+);
+
 pub(crate) const REFUND: &str = include_str!("lua/refund.lua");
 
 pub(crate) struct Scripts {
@@ -57,6 +78,7 @@ pub(crate) struct Scripts {
     pub(crate) cooldown: Script,
     pub(crate) global: Script,
     pub(crate) lease_acquire: Script,
+    pub(crate) lease_batch: Script,
     pub(crate) lease_renew: Script,
     pub(crate) peek: Script,
 }
@@ -76,7 +98,13 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cooldown: script(CLOCK, include_str!("lua/cooldown.lua")),
     global: plain(include_str!("lua/global.lua")),
     // Reads the time itself: one closure fewer.
-    lease_acquire: Script::new(include_str!("lua/lease_acquire.lua")),
+    lease_acquire: Script::new(concat!(
+        include_str!("lua/lease_acquire.lua"),
+        "local t = redis.call('TIME')
+return lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3], t[1] * 1000000 + t[2])
+"
+    )),
+    lease_batch: plain(LEASE_BATCH),
     lease_renew: plain(include_str!("lua/lease_renew.lua")),
     peek: script(CLOCK, include_str!("lua/peek.lua")),
 });

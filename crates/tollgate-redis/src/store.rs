@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tollgate::key::KeyId;
 use tollgate::store::MemoryStore;
 use tollgate::{Error, ErrorKind};
 
-use crate::batch::{Batcher, Pending};
+use crate::batch::{self, Batcher, Call};
 use crate::keys;
 use crate::maintenance::{self, Msg};
 use crate::queue::Queues;
@@ -503,29 +503,10 @@ impl Shared {
         self.bounded(invocation.invoke_async(&mut conn)).await
     }
 
-    /// Runs the admission script for the state `name` with `arg`: in a batch with
-    /// other admissions when batching is on (see `batch.rs`), else alone.
-    pub(crate) async fn admit_call(
-        &self,
-        name: &Arc<[u8]>,
-        arg: Vec<u8>,
-    ) -> Result<Value, StoreFailure> {
-        let Some(batcher) = &self.batcher else {
-            return self.eval(&SCRIPTS.admit, name, &arg[..]).await;
-        };
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            name: Arc::clone(name),
-            arg,
-            reply,
-        };
-        if let Err(mpsc::error::SendError(pending)) = batcher.tx.send(pending) {
-            // The dispatcher is gone (the runtime is shutting down): alone, then.
-            return self.eval(&SCRIPTS.admit, name, &pending.arg[..]).await;
-        }
-        // The dispatcher answers every admission it takes, unless its runtime stops
-        // first.
-        answer.await.unwrap_or(Err(StoreFailure::Down))
+    /// Runs `call` (an admission or a lease) for the key `name`: in a batch with
+    /// others when batching is on (see `batch.rs`), else alone.
+    pub(crate) async fn call(&self, name: &Arc<[u8]>, call: Call) -> Result<Value, StoreFailure> {
+        batch::run(self, self.batcher.as_ref(), name, call).await
     }
 
     /// The error a request gets under [`FailurePolicy::FailClosed`].

@@ -165,3 +165,63 @@ async fn on_a_cluster_node_mixed_batches_give_way_to_batches_of_one_key() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Lease acquisitions in flight together share calls too, and each key grants exactly
+/// its limit, on a standalone server and (one key per call after `CROSSSLOT`) on a
+/// Cluster node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_acquisitions_at_once_share_calls_and_grant_exactly_the_limit() {
+    use tollgate::store::WaitPolicy;
+    const LIMIT: u32 = 3;
+    for cluster in [false, true] {
+        let server = if cluster {
+            redis_server!(cluster)
+        } else {
+            redis_server!()
+        };
+        let store = server
+            .builder()
+            .global_cooldown_refresh(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let url = server.url();
+        // The scripts loaded, the first background read done.
+        let warm = Key::new("warm").unwrap();
+        drop(suite::acquire(&store, &warm, LIMIT, WaitPolicy::Reject).await);
+        let before = evalsha_calls(&url).await;
+        let mut tasks = JoinSet::new();
+        for _ in 0..PER_KEY {
+            for k in 0..KEYS {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let key = Key::new(format!("lease-{k}")).unwrap();
+                    let taken = suite::acquire(&store, &key, LIMIT, WaitPolicy::Reject).await;
+                    (k, taken)
+                });
+            }
+        }
+        let mut granted = [0; KEYS];
+        // Permits are held until every acquisition has been decided.
+        let mut held = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let (k, taken) = done.expect("an acquisition task");
+            match taken {
+                Ok(permit) => {
+                    granted[k] += 1;
+                    held.push(permit);
+                }
+                Err(err) => assert_eq!(err.kind(), ErrorKind::ConcurrencyLimited, "{err}"),
+            }
+        }
+        assert_eq!(granted, [LIMIT; KEYS], "cluster: {cluster}");
+        let calls = evalsha_calls(&url).await - before;
+        if !cluster {
+            assert!(
+                calls < (KEYS * PER_KEY) as u64,
+                "{calls} calls for {} acquisitions at once",
+                KEYS * PER_KEY
+            );
+        }
+        drop(held);
+    }
+}

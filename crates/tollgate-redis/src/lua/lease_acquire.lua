@@ -1,9 +1,12 @@
 -- Takes a concurrency lease if fewer than `limit` unexpired leases are held.
 --
--- KEYS[1]  the key's leases: a sorted set, member = lease id, score = expiry (Redis µs)
--- ARGV[1]  the new lease's id
--- ARGV[2]  limit and the lease's TTL in microseconds, two little-endian doubles
--- ARGV[3]  the key's TTL in milliseconds, as a decimal string (the lease's, plus 1)
+-- lease(key, id, numbers, keyttl, real), called by the single and the batch script
+-- (see scripts.rs) with:
+-- key      the key's leases: a sorted set, member = lease id, score = expiry (Redis µs)
+-- id       the new lease's id
+-- numbers  limit and the lease's TTL in microseconds, two little-endian doubles
+-- keyttl   the key's TTL in milliseconds, as a decimal string (the lease's, plus 1)
+-- real     Redis's time (µs)
 --
 -- Returns 0 when taken, else the microseconds until the earliest lease expires (>= 1).
 --
@@ -15,17 +18,17 @@
 -- counted with callgrind on redis-server 7.0, each redis.call costs 4,000 to 7,000
 -- instructions and each string.format('%.0f') about 5,000, where the whole of an
 -- EVALSHA of `return 1` costs 12,000.
-local t = redis.call('TIME')
-local real = t[1] * 1000000 + t[2]
-local limit, ttl = struct.unpack('<dd', ARGV[2])
-local held = redis.call('ZCARD', KEYS[1])
-if held >= limit then
-  held = held - redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', real))
+local function lease(key, id, numbers, keyttl, real)
+  local limit, ttl = struct.unpack('<dd', numbers)
+  local held = redis.call('ZCARD', key)
+  if held >= limit then
+    held = held - redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', real))
+  end
+  if held < limit then
+    redis.call('ZADD', key, string.format('%d', real + ttl), id)
+    redis.call('PEXPIRE', key, keyttl)
+    return 0
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return math.max(1, first[2] - real)
 end
-if held < limit then
-  redis.call('ZADD', KEYS[1], string.format('%d', real + ttl), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return 0
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, first[2] - real)
