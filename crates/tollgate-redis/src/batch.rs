@@ -1,19 +1,23 @@
-//! Admissions sent together: the quota admissions that are waiting to go out at the
-//! same moment share one `EVALSHA`.
+//! Admissions sent together: the quota admissions (and, in batches of their own, the
+//! lease acquisitions) that are waiting to go out at the same moment share one
+//! `EVALSHA`.
 //!
 //! With many admissions in flight, Redis's CPU bounds their rate, and a good part of
 //! an admission's cost is fixed per call: the `EVALSHA` itself (parsing, the script
 //! lookup, `KEYS` and `ARGV`), `TIME`, and the script's closures. So the store's
-//! admissions go to one dispatcher task through a channel; each time it wakes, it
-//! takes every admission queued meanwhile (up to the builder's
+//! admissions go to one dispatcher task through a channel. The dispatcher keeps at
+//! most [`CALLS_IN_FLIGHT`] (four) calls in flight on the one multiplexed
+//! connection; each time a call slot is free, it takes every admission queued
+//! meanwhile (up to the builder's
 //! [`admission_batch`](crate::RedisStoreBuilder::admission_batch), 16 by default) and
 //! sends them as one call of the batch script, which runs the admission script's
-//! function once per admission, in order, on one reading of `TIME`. Nothing waits to
-//! fill a batch: a lone admission goes out at once, as a call of the single script,
-//! and a batch forms only from admissions that were already waiting while earlier
-//! calls were in flight. Calls are not serialised either: the dispatcher starts a
-//! call and takes the next batch without waiting for the answer, and the one
-//! multiplexed connection pipelines them.
+//! function once per admission, in order, on one reading of `TIME`. Below four calls
+//! in flight nothing waits: a lone admission goes out at once, as a call of the
+//! single script. A batch forms only from admissions that queued while four calls
+//! were in flight; they wait for the first of those to end, which is also when
+//! Redis, serving the connection in order, would have reached them. (Without the
+//! bound, on a multi-thread runtime the dispatcher wakes for every admission and
+//! batches never form; measured by the tests in `tests/batches.rs`.)
 //!
 //! What a batch keeps of single calls:
 //!
@@ -35,8 +39,10 @@
 //! - **Timeouts and failures** are per call, as before: a batch that times out gives
 //!   each of its admissions a timeout, and marks Redis down once.
 //!
-//! Measured in `benches/benches/redis.rs` (32 admissions in flight on one
-//! connection); see the crate docs for the figures.
+//! A lease acquisition is batched the same way with the lease script's function
+//! (`lua/lease_acquire.lua`); a batch holds calls of one kind. Measured in
+//! `benches/benches/redis.rs` (32 admissions in flight on one connection); see the
+//! crate docs for the figures.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -193,7 +193,7 @@
 //! call per admission. `benches/benches/redis.rs` measures the rates; the figures
 //! are in the README.
 //!
-//! Concurrency leases are not batched: an acquisition is one call of its own.
+//! Lease acquisitions (see below) are batched the same way, in batches of their own.
 //!
 //! ## Wait mode and fairness
 //!
