@@ -536,3 +536,66 @@ async fn dead_leases_are_cleared_only_when_a_key_looks_full() {
     assert_eq!(count(&mut conn).await, (2, 2));
     drop((first, second));
 }
+
+/// The batch script decides each admission exactly as the single script would, one
+/// after the other at the batch's time: same answers, same states left behind. Random
+/// batches of admissions (several per key, mixed costs, queue spacing, headers on or
+/// off) on a few keys with a quota set of up to three windows; the same admissions run
+/// one by one on a mirror of the keys.
+#[test]
+fn a_batch_decides_as_its_admissions_one_by_one() {
+    use crate::scripts::ADMIT_BATCH;
+    let Some(d) = Driven::start() else { return };
+    let d = std::cell::RefCell::new(d);
+    let batch = with_fake_clock(ADMIT_BATCH);
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::with_cases(64)
+    });
+    let admission = (0usize..3, 1u32..=4, prop::bool::ANY, 0u64..3);
+    let strategy = (
+        prop::collection::vec(spec(), 1..=3),
+        prop::collection::vec(
+            (0u64..3_000_000, prop::collection::vec(admission, 1..=8)),
+            1..=12,
+        ),
+    );
+    let case = std::cell::Cell::new(0u32);
+    runner
+        .run(&strategy, |(specs, batches)| {
+            case.set(case.get() + 1);
+            let quotas =
+                QuotaSet::new(specs.iter().map(|s| s.quota(Duration::from_micros))).unwrap();
+            let p = Params::new(&quotas);
+            let name = |side: &str, k: usize| format!("batch:{}:{side}:{k}", case.get());
+            let d = &mut *d.borrow_mut();
+            let mut now = BASE;
+            for (advance, admissions) in &batches {
+                now += advance;
+                let mut call = batch.prepare_invoke();
+                for &(k, cost, report, spacing) in admissions {
+                    call.key(name("b", k));
+                    call.arg(&p.request(cost, 0, spacing * 100_000, report)[..]);
+                }
+                call.arg(now);
+                let together: Vec<redis::Value> = call.invoke(&mut d.con).unwrap();
+                prop_assert_eq!(together.len(), admissions.len());
+                for (&(k, cost, report, spacing), answer) in admissions.iter().zip(together) {
+                    let mut one = d.admit.key(name("a", k));
+                    one.arg((&p.request(cost, 0, spacing * 100_000, report)[..], now));
+                    let alone: redis::Value = one.invoke(&mut d.con).unwrap();
+                    prop_assert_eq!(answer, alone);
+                }
+                for k in 0..3 {
+                    let get = |side: &str, con: &mut redis::Connection| -> Option<Vec<u8>> {
+                        redis::cmd("GET").arg(name(side, k)).query(con).unwrap()
+                    };
+                    let a = get("a", &mut d.con);
+                    let b = get("b", &mut d.con);
+                    prop_assert_eq!(a, b);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
