@@ -25,47 +25,25 @@ pub(crate) const ADMIT: &str = concat!(
     include_str!("lua/admit.lua"),
     "return admit(KEYS[1], ARGV[1], clock())\n"
 );
-/// Several admissions in one call (see `batch.rs`): `KEYS[i]` and `ARGV[i]` are
-/// admission i's, answered in `out[i]`. Each runs under `pcall`, so that a command
-/// error (a value of another type under a key) is admission i's answer, `{3,
-/// message}`, and no other admission's. (Not an error reply inside the array:
-/// redis-rs turns an array holding one into an error for the whole call.)
+/// Several admissions in one call (see `batch.rs` and `lua/batch.lua`): `KEYS[i]`
+/// and `ARGV[i]` are admission i's.
 pub(crate) const ADMIT_BATCH: &str = concat!(
     include_str!("lua/admit.lua"),
-    "local real = clock()
-local out = {}
-for i = 1, #KEYS do
-  local ok, r = pcall(admit, KEYS[i], ARGV[i], real)
-  if not ok then
-    if type(r) == 'table' then
-      r = r.err
-    end
-    r = {3, tostring(r)}
-  end
-  out[i] = r
-end
-return out
+    include_str!("lua/batch.lua"),
+    "return batch(function(i, real)
+  return admit(KEYS[i], ARGV[i], real)
+end)
 "
 );
 
 /// Several lease acquisitions in one call, as `ADMIT_BATCH` admissions: `KEYS[i]` and
-/// `ARGV[3i - 2 .. 3i]` are acquisition i's, answered in `out[i]` (`{3, message}` for
-/// an error of its own).
+/// `ARGV[3i - 2 .. 3i]` are acquisition i's.
 const LEASE_BATCH: &str = concat!(
     include_str!("lua/lease_acquire.lua"),
-    "local real = clock()
-local out = {}
-for i = 1, #KEYS do
-  local ok, r = pcall(lease, KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i], real)
-  if not ok then
-    if type(r) == 'table' then
-      r = r.err
-    end
-    r = {3, tostring(r)}
-  end
-  out[i] = r
-end
-return out
+    include_str!("lua/batch.lua"),
+    "return batch(function(i, real)
+  return lease(KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i], real)
+end)
 "
 );
 
