@@ -170,38 +170,28 @@ impl Batcher {
         let queued = Arc::new(AtomicUsize::new(0));
         // Whether batches may mix keys: cleared for good by the first `CROSSSLOT`.
         let cross_key = Arc::new(AtomicBool::new(true));
-        tokio::spawn(dispatch(Dispatcher {
+        tokio::spawn(dispatch(
             shared,
             rx,
             max,
-            calls: Arc::clone(&calls),
-            queued: Arc::clone(&queued),
+            Arc::clone(&calls),
+            Arc::clone(&queued),
             cross_key,
-        }));
+        ));
         Batcher { tx, calls, queued }
     }
 }
 
-struct Dispatcher {
-    shared: Weak<Shared>,
-    rx: mpsc::UnboundedReceiver<Pending>,
-    max: usize,
-    calls: Arc<Semaphore>,
-    queued: Arc<AtomicUsize>,
-    cross_key: Arc<AtomicBool>,
-}
-
 /// Takes what is queued, up to `max` at a time, and starts a call for it. Ends when
 /// every store clone (and so every sender) is gone.
-async fn dispatch(d: Dispatcher) {
-    let Dispatcher {
-        shared,
-        mut rx,
-        max,
-        calls,
-        queued: count,
-        cross_key,
-    } = d;
+async fn dispatch(
+    shared: Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    max: usize,
+    calls: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    cross_key: Arc<AtomicBool>,
+) {
     let mut queued = Vec::with_capacity(max);
     loop {
         // A call slot first: while every slot is taken, admissions queue up and
@@ -214,7 +204,7 @@ async fn dispatch(d: Dispatcher) {
         if taken == 0 {
             return;
         }
-        count.fetch_sub(taken, Ordering::Relaxed);
+        waiting.fetch_sub(taken, Ordering::Relaxed);
         let Some(store) = shared.upgrade() else {
             return;
         };
@@ -242,17 +232,16 @@ async fn dispatch(d: Dispatcher) {
 /// freed when the call ends.
 async fn send(
     store: Arc<Shared>,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
     cross_key: Arc<AtomicBool>,
     _slot: Arc<OwnedSemaphorePermit>,
 ) {
     let (single, batched) = batch[0].call.scripts();
-    if let [_] = batch[..] {
-        let Some(one) = batch.into_iter().next() else {
-            return;
-        };
-        let answer = alone(&store, single, &one.name, &one.call).await;
-        let _ = one.reply.send(answer);
+    if batch.len() == 1 {
+        if let Some(one) = batch.pop() {
+            let answer = alone(&store, single, &one.name, &one.call).await;
+            let _ = one.reply.send(answer);
+        }
         return;
     }
     let mut invocation = batched.prepare_invoke();
@@ -260,27 +249,22 @@ async fn send(
         invocation.key(&*pending.name);
         pending.call.args(&mut invocation);
     }
-    let mut conn = store.conn.clone();
-    let answer: Result<Vec<Value>, StoreFailure> =
-        store.bounded(invocation.invoke_async(&mut conn)).await;
-    match answer {
-        Ok(values) if values.len() == batch.len() => {
-            for (pending, value) in batch.into_iter().zip(values) {
-                let _ = pending.reply.send(own_answer(value));
-            }
-        }
-        Ok(values) => {
+    let answer = match store.invoke::<Vec<Value>>(&invocation).await {
+        Ok(values) if values.len() != batch.len() => {
             let detail = format!("{} answers for {} admissions", values.len(), batch.len());
             tracing::warn!(target: "tollgate::redis", detail, "a batch of admissions answered wrongly");
-            for pending in batch {
-                let _ =
-                    pending
-                        .reply
-                        .send(Err(copy(&StoreFailure::Redis(redis::RedisError::from((
-                            redis::ErrorKind::UnexpectedReturnType,
-                            "a batch of admissions answered wrongly",
-                            detail.clone(),
-                        ))))));
+            Err(StoreFailure::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a batch of admissions answered wrongly",
+                detail,
+            ))))
+        }
+        answer => answer,
+    };
+    match answer {
+        Ok(values) => {
+            for (pending, value) in batch.into_iter().zip(values) {
+                let _ = pending.reply.send(own_answer(value));
             }
         }
         Err(StoreFailure::Redis(err)) if crossslot(&err) => {
@@ -298,7 +282,7 @@ async fn send(
             // One failure for the call (already counted: Redis marked down if it
             // is); each admission gets its own copy of it.
             for pending in batch {
-                let _ = pending.reply.send(Err(copy(&failure)));
+                let _ = pending.reply.send(Err(failure.clone()));
             }
         }
     }
@@ -313,17 +297,7 @@ async fn alone(
 ) -> Result<Value, StoreFailure> {
     let mut invocation = script.key(name);
     call.args(&mut invocation);
-    let mut conn = store.conn.clone();
-    store.bounded(invocation.invoke_async(&mut conn)).await
-}
-
-/// A copy of `failure` for one admission of a batch.
-fn copy(failure: &StoreFailure) -> StoreFailure {
-    match failure {
-        StoreFailure::Timeout(after) => StoreFailure::Timeout(*after),
-        StoreFailure::Down => StoreFailure::Down,
-        StoreFailure::Redis(err) => StoreFailure::Redis(err.clone()),
-    }
+    store.invoke(&invocation).await
 }
 
 /// One admission's answer in a batch's: the admission script's own, or `{3,

@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, ToRedisArgs, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tollgate::key::KeyId;
@@ -69,7 +69,7 @@ impl FailurePolicy {
 }
 
 /// Why a call to Redis failed: the source of a [`ErrorKind::StoreUnavailable`] error.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum StoreFailure {
     /// No answer within the store's timeout.
@@ -501,6 +501,14 @@ impl Shared {
     ) -> Result<T, StoreFailure> {
         let mut invocation = script.key(key);
         invocation.arg(args);
+        self.invoke(&invocation).await
+    }
+
+    /// Runs a prepared script invocation, within the timeout.
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreFailure> {
         let mut conn = self.conn.clone();
         self.bounded(invocation.invoke_async(&mut conn)).await
     }

@@ -1,6 +1,9 @@
 //! Admissions in flight together share calls (`RedisStoreBuilder::admission_batch`),
 //! and nothing of a single call's behaviour is lost: each admission is decided and
-//! fails alone, and a Cluster node's `CROSSSLOT` turns mixed batches off.
+//! fails alone. (That mixed batches give way to batches of one key on a Cluster node,
+//! with exact decisions, is the behaviour suite's
+//! `concurrent_admissions_over_many_keys_are_each_decided_exactly` on Cluster, and the
+//! lease test below.)
 
 mod suite;
 mod support;
@@ -11,22 +14,17 @@ use tokio::task::JoinSet;
 use tollgate::ErrorKind;
 use tollgate::key::Key;
 use tollgate::quota::Quota;
-use tollgate::store::{QuotaAsk, QuotaSet};
-use tollgate_redis::RedisStore;
+use tollgate::store::{QuotaSet, WaitPolicy};
+use tollgate_redis::RedisStoreBuilder;
 
 const KEYS: usize = 16;
 const PER_KEY: usize = 8;
 
-/// `EVALSHA` calls Redis has run (`INFO commandstats`).
-async fn evalsha_calls(url: &str) -> u64 {
-    let client = redis::Client::open(url).expect("a valid URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+/// `EVALSHA` calls the server has run (`INFO commandstats`).
+async fn evalsha_calls(server: &support::RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query_async(&mut conn)
+        .query_async(&mut server.connection().await)
         .await
         .expect("INFO commandstats");
     info.lines()
@@ -35,26 +33,12 @@ async fn evalsha_calls(url: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Admits one unit on each of `KEYS` keys `PER_KEY` times, all at once; returns
-/// each admission's key index and outcome kind (`None`: admitted).
-async fn all_at_once(store: &RedisStore, quotas: &QuotaSet) -> Vec<(usize, Option<ErrorKind>)> {
-    let mut tasks = JoinSet::new();
-    for _ in 0..PER_KEY {
-        for k in 0..KEYS {
-            let (store, quotas) = (store.clone(), quotas.clone());
-            tasks.spawn(async move {
-                let key = Key::new(format!("batch-{k}")).unwrap();
-                let ask = QuotaAsk::new(&quotas, 1);
-                let outcome = suite::admit(&store, &key, &ask).await;
-                (k, outcome.err().map(|e| e.kind()))
-            });
-        }
-    }
-    let mut outcomes = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        outcomes.push(done.expect("an admission task"));
-    }
-    outcomes
+/// A store with no background calls (reads of the global cooldown): every `EVALSHA`
+/// counted is an admission's.
+fn quiet(server: &support::RedisServer) -> RedisStoreBuilder {
+    server
+        .builder()
+        .global_cooldown_refresh(Duration::from_secs(3600))
 }
 
 fn hour(limit: u32) -> QuotaSet {
@@ -66,68 +50,54 @@ fn hour(limit: u32) -> QuotaSet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_in_flight_together_share_calls_and_single_mode_does_not() {
     let server = redis_server!();
-    let url = server.url();
-    // No background calls (reads of the global cooldown): every EVALSHA counted
-    // below is an admission's.
-    let quiet = || {
-        server
-            .builder()
-            .global_cooldown_refresh(Duration::from_secs(3600))
-    };
-    let batched = quiet().build().unwrap();
+    let admissions = (KEYS * PER_KEY) as u64;
+    let batched = quiet(&server).build().unwrap();
     // Its first calls (a NOSCRIPT for each script, the first read of the global
     // cooldown) out of the way.
-    all_at_once(&batched, &hour(1000)).await;
-    let before = evalsha_calls(&url).await;
-    let outcomes = all_at_once(&batched, &hour(1000)).await;
-    let batched = evalsha_calls(&url).await - before;
-    assert!(outcomes.iter().all(|(_, kind)| kind.is_none()));
-    let admissions = (KEYS * PER_KEY) as u64;
+    suite::all_at_once(&batched, &hour(1000), "batch", KEYS, PER_KEY).await;
+    let before = evalsha_calls(&server).await;
+    let outcomes = suite::all_at_once(&batched, &hour(1000), "batch", KEYS, PER_KEY).await;
+    let calls = evalsha_calls(&server).await - before;
+    assert!(outcomes.iter().all(|(_, outcome)| outcome.is_ok()));
     assert!(
-        batched < admissions,
-        "{batched} calls for {admissions} admissions at once"
+        calls < admissions,
+        "{calls} calls for {admissions} admissions at once"
     );
 
-    let alone = quiet().admission_batch(1).build().unwrap();
-    all_at_once(&alone, &hour(1000)).await;
-    let before = evalsha_calls(&url).await;
-    all_at_once(&alone, &hour(1000)).await;
-    assert_eq!(evalsha_calls(&url).await - before, admissions);
+    let alone = quiet(&server).admission_batch(1).build().unwrap();
+    suite::all_at_once(&alone, &hour(1000), "alone", KEYS, PER_KEY).await;
+    let before = evalsha_calls(&server).await;
+    suite::all_at_once(&alone, &hour(1000), "alone", KEYS, PER_KEY).await;
+    assert_eq!(evalsha_calls(&server).await - before, admissions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_decides_each_admission_alone_and_a_foreign_value_fails_only_its_key() {
     let server = redis_server!();
-    let url = server.url();
     let store = server.store();
     // Key 3's state name holds a hash (another program's data): its scripts fail with
     // WRONGTYPE, inside batches with every other key.
-    let client = redis::Client::open(url.as_str()).expect("a valid URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
     let () = redis::cmd("HSET")
         .arg(format!("tollgate:{{{}}}:q", hex(b"batch-3")))
         .arg("field")
         .arg("value")
-        .query_async(&mut conn)
+        .query_async(&mut server.connection().await)
         .await
         .expect("HSET");
-    let before = evalsha_calls(&url).await;
-    let outcomes = all_at_once(&store, &hour(5)).await;
-    let calls = evalsha_calls(&url).await - before;
+    let before = evalsha_calls(&server).await;
+    let outcomes = suite::all_at_once(&store, &hour(5), "batch", KEYS, PER_KEY).await;
+    let calls = evalsha_calls(&server).await - before;
     assert!(
         calls < (KEYS * PER_KEY) as u64,
         "{calls} calls: never batched"
     );
     let mut admitted = [0; KEYS];
-    for (k, kind) in outcomes {
-        match kind {
-            None => admitted[k] += 1,
+    for (k, outcome) in outcomes {
+        match outcome.map_err(|err| err.kind()) {
+            Ok(_) => admitted[k] += 1,
             // The failure policy (fail closed) for the foreign key only.
-            Some(ErrorKind::StoreUnavailable) => assert_eq!(k, 3, "{kind:?}"),
-            Some(kind) => {
+            Err(kind @ ErrorKind::StoreUnavailable) => assert_eq!(k, 3, "{kind:?}"),
+            Err(kind) => {
                 assert_ne!(k, 3);
                 assert_eq!(kind, ErrorKind::QuotaExceeded);
             }
@@ -140,38 +110,11 @@ async fn a_batch_decides_each_admission_alone_and_a_foreign_value_fails_only_its
     assert!(store.is_available());
 }
 
-/// A Cluster node refuses the first mixed batch (`CROSSSLOT`): its admissions go
-/// again one by one, later batches hold one key each, and every decision is exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_node_mixed_batches_give_way_to_batches_of_one_key() {
-    let server = redis_server!(cluster);
-    let store = server.store();
-    for round in 0..2 {
-        let quotas = hour(3 + round);
-        let outcomes = all_at_once(&store, &quotas).await;
-        let mut admitted = [0; KEYS];
-        for (k, kind) in outcomes {
-            match kind {
-                None => admitted[k] += 1,
-                Some(kind) => assert_eq!(kind, ErrorKind::QuotaExceeded),
-            }
-        }
-        // The second round's set is another one: its windows restart.
-        assert_eq!(admitted, [3 + round; KEYS], "round {round}");
-    }
-    assert!(store.is_available());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Lease acquisitions in flight together share calls too, and each key grants exactly
 /// its limit, on a standalone server and (one key per call after `CROSSSLOT`) on a
 /// Cluster node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_acquisitions_at_once_share_calls_and_grant_exactly_the_limit() {
-    use tollgate::store::WaitPolicy;
     const LIMIT: u32 = 3;
     for cluster in [false, true] {
         let server = if cluster {
@@ -179,16 +122,11 @@ async fn lease_acquisitions_at_once_share_calls_and_grant_exactly_the_limit() {
         } else {
             redis_server!()
         };
-        let store = server
-            .builder()
-            .global_cooldown_refresh(Duration::from_secs(3600))
-            .build()
-            .unwrap();
-        let url = server.url();
+        let store = quiet(&server).build().unwrap();
         // The scripts loaded, the first background read done.
         let warm = Key::new("warm").unwrap();
         drop(suite::acquire(&store, &warm, LIMIT, WaitPolicy::Reject).await);
-        let before = evalsha_calls(&url).await;
+        let before = evalsha_calls(&server).await;
         let mut tasks = JoinSet::new();
         for _ in 0..PER_KEY {
             for k in 0..KEYS {
@@ -214,7 +152,7 @@ async fn lease_acquisitions_at_once_share_calls_and_grant_exactly_the_limit() {
             }
         }
         assert_eq!(granted, [LIMIT; KEYS], "cluster: {cluster}");
-        let calls = evalsha_calls(&url).await - before;
+        let calls = evalsha_calls(&server).await - before;
         if !cluster {
             assert!(
                 calls < (KEYS * PER_KEY) as u64,
@@ -224,4 +162,8 @@ async fn lease_acquisitions_at_once_share_calls_and_grant_exactly_the_limit() {
         }
         drop(held);
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -61,11 +61,7 @@ every_store!(
 #[tokio::test]
 async fn the_cluster_node_refuses_a_script_whose_keys_span_two_slots() {
     let server = redis_server!(cluster);
-    let client = ::redis::Client::open(server.url()).expect("a valid URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut connection = server.connection().await;
     let script = ::redis::cmd("EVAL")
         .arg("return 1")
         .arg(2)

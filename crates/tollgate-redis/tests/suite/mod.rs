@@ -420,9 +420,41 @@ pub(crate) async fn reject_mode_refuses_a_full_key_and_a_cancelled_waiter_leaks_
     );
 }
 
-/// Many admissions at once over many keys (which a Redis store sends in batches):
-/// each key admits exactly its limit, whatever else shares the call, and the grants
-/// of one key are on distinct units.
+/// Admits one unit on each of `keys` keys (`<prefix>-<index>`) `per_key` times, all
+/// at once: every admission is a task spawned before any is awaited. Returns each
+/// admission's key index and outcome.
+pub(crate) async fn all_at_once<St>(
+    store: &St,
+    quotas: &QuotaSet,
+    prefix: &str,
+    keys: usize,
+    per_key: usize,
+) -> Vec<(usize, Result<QuotaGrant, Error>)>
+where
+    St: QuotaStore + Clone + Send + Sync + 'static,
+    St::Acquire: Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..per_key {
+        for k in 0..keys {
+            let (store, quotas) = (store.clone(), quotas.clone());
+            let key = Key::new(format!("{prefix}-{k}")).unwrap();
+            tasks.spawn(async move {
+                let ask = QuotaAsk::new(&quotas, 1);
+                (k, admit(&store, &key, &ask).await)
+            });
+        }
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done.expect("an admission task"));
+    }
+    outcomes
+}
+
+/// Many admissions at once over many keys (which a Redis store sends in batches, and
+/// on a Cluster node first as a mixed batch it must resend key by key): each key
+/// admits exactly its limit, whatever else shares the call.
 pub(crate) async fn concurrent_admissions_over_many_keys_are_each_decided_exactly<
     St: QuotaStore + Clone + Send + Sync + 'static,
 >(
@@ -432,22 +464,9 @@ pub(crate) async fn concurrent_admissions_over_many_keys_are_each_decided_exactl
 {
     const KEYS: usize = 24;
     const LIMIT: u32 = 5;
-    const TRIES: usize = 3 * LIMIT as usize;
     let quotas = set(&[Quota::sliding(LIMIT, Duration::from_secs(3600)).unwrap()]);
-    let mut tasks = tokio::task::JoinSet::new();
-    for round in 0..TRIES {
-        for k in 0..KEYS {
-            let (store, quotas) = (store.clone(), quotas.clone());
-            tasks.spawn(async move {
-                let key = Key::new(format!("many-{k}")).unwrap();
-                let ask = QuotaAsk::new(&quotas, 1);
-                (k, round, admit(&store, &key, &ask).await)
-            });
-        }
-    }
     let mut admitted = [0u32; KEYS];
-    while let Some(done) = tasks.join_next().await {
-        let (k, _, outcome) = done.expect("an admission task");
+    for (k, outcome) in all_at_once(&store, &quotas, "many", KEYS, 3 * LIMIT as usize).await {
         match outcome {
             Ok(_) => admitted[k] += 1,
             Err(err) => assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{err}"),

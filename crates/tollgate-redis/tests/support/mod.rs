@@ -90,11 +90,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("create the cluster node's directory");
         server.cluster_dir = Some(dir);
         server.spawn().await;
-        let client = redis::Client::open(server.url()).expect("a valid URL");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to the cluster node");
+        let mut connection = server.connection().await;
         // ADDSLOTS rather than ADDSLOTSRANGE (Redis 7): any Redis with Cluster takes it.
         let () = redis::cmd("CLUSTER")
             .arg("ADDSLOTS")
@@ -178,6 +174,16 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A connection of the test's own to the server (for commands the store does not
+    /// send: `INFO`, writing foreign data, Cluster setup).
+    pub(crate) async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's redis-server")
     }
 
     pub(crate) fn port(&self) -> u16 {
